@@ -138,6 +138,11 @@ def load_config(argfiles: Iterable[str | Path] = (), overrides: Iterable[str] = 
             _merge(cfg, data, "")
         except ConfigError as e:
             raise ConfigError(f"{f}: {e}") from None
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """Apply ``--set section.key=value`` strings to ``cfg`` in place (and return it)."""
     for text in overrides:
         parts, value = parse_override(text)
         nested: Any = value

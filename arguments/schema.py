@@ -68,7 +68,6 @@ class RGBConfig:
     lambda_dssim: float = F(0.2, "loss = (1-l)*L1 + l*(1-SSIM) (3DGS: 0.2)")
     means_lr: float = F(1.6e-4, "initial position lr, times the scene extent (3DGS: 0.00016)")
     means_lr_final: float = F(1.6e-6, "final position lr, times the scene extent (3DGS: 0.0000016)")
-    means_lr_delay_mult: float = F(0.01, "position lr delay multiplier (3DGS: 0.01)")
     sh0_lr: float = F(0.0025, "DC colour lr (3DGS feature_lr: 0.0025)")
     shN_lr: float = F(0.000125, "higher-order SH lr (3DGS: feature_lr / 20)")
     opacities_lr: float = F(0.05, "opacity lr (3DGS 2023: 0.05)")
