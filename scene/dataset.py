@@ -1,0 +1,186 @@
+"""Scene loading: a COLMAP scene folder -> sorted ``Camera`` lists + the sparse point cloud.
+
+Expected folder (the 3DGS / LangSplat / COS3D layout)::
+
+    <source_path>/<images>/<file>          # looked up by the basename of the COLMAP image name
+    <source_path>/sparse/0/{cameras,images,points3D}.{bin,txt}
+
+``image_name`` is the basename of the COLMAP image name cut at its first dot
+("sub/frame_00041.jpg" -> "frame_00041"); cameras are sorted by it (as 3DGS does) and ``uid`` is
+the index in that order. Poses and intrinsics
+follow ``scene/cameras.py`` (world-to-camera R, t; OpenCV axes; pixel K).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from scene.cameras import Camera
+from scene.colmap import ColmapCamera, qvec2rotmat, read_model
+
+# Models that are pinhole cameras, possibly with distortion: name -> (number of intrinsic
+# params, how to read fx, fy, cx, cy from them). The remaining params are distortion.
+_PINHOLE_LIKE = {
+    "SIMPLE_PINHOLE": (3, lambda p: (p[0], p[0], p[1], p[2])),
+    "PINHOLE": (4, lambda p: (p[0], p[1], p[2], p[3])),
+    "SIMPLE_RADIAL": (3, lambda p: (p[0], p[0], p[1], p[2])),
+    "RADIAL": (3, lambda p: (p[0], p[0], p[1], p[2])),
+    "OPENCV": (4, lambda p: (p[0], p[1], p[2], p[3])),
+    "FULL_OPENCV": (4, lambda p: (p[0], p[1], p[2], p[3])),
+}
+_POWERS_OF_TWO = (1, 2, 4, 8)
+
+
+@dataclass
+class SceneData:
+    source_path: Path
+    train_cameras: list[Camera]
+    test_cameras: list[Camera]
+    points_xyz: np.ndarray     # [P,3] float32 sparse COLMAP points (P may be 0)
+    points_rgb: np.ndarray     # [P,3] float32 colours in [0, 1]
+    cameras_extent: float      # 3DGS getNerfppNorm radius: 1.1 * max distance of centres from their mean
+
+    @property
+    def all_cameras(self) -> list[Camera]:
+        """Train and test cameras together, sorted by image name (= by uid)."""
+        return sorted(self.train_cameras + self.test_cameras, key=lambda c: c.uid)
+
+
+def colmap_intrinsics(cam: ColmapCamera, model_file: Union[str, Path]) -> np.ndarray:
+    """[3,3] pixel K of an undistorted pinhole-like COLMAP camera at its calibration size.
+
+    Raises ValueError for non-pinhole models and for non-zero distortion."""
+    spec = _PINHOLE_LIKE.get(cam.model)
+    if spec is None:
+        raise ValueError(f"{model_file}: camera {cam.id} has model {cam.model}, which is not supported "
+                         f"(use PINHOLE or SIMPLE_PINHOLE: undistort the images with `colmap image_undistorter`)")
+    n, get = spec
+    p = np.asarray(cam.params, dtype=np.float64)
+    if np.any(p[n:] != 0):
+        raise ValueError(f"{model_file}: camera {cam.id} ({cam.model}) has non-zero distortion "
+                         f"{p[n:].tolist()}; undistort the images first with `colmap image_undistorter`")
+    fx, fy, cx, cy = get(p)
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def target_size(width: int, height: int, resolution: int, max_width: int = 1600) -> tuple[int, int]:
+    """The 3DGS ``--resolution`` rule (``utils/camera_utils.loadCam``) on an image of (width, height).
+
+    -1: native, but downscaled to ``max_width`` wide if wider; 1/2/4/8: divided by it (Python
+    ``round``); any other positive value: that width (height ``floor(h * r / w)``, as 3DGS's
+    ``int(h / (w / r))`` without its float rounding slip)."""
+    if resolution in _POWERS_OF_TWO:
+        return round(width / resolution), round(height / resolution)
+    if resolution == -1:
+        if width <= max_width:
+            return width, height
+        target = max_width
+    elif resolution > 0:
+        target = int(resolution)
+    else:
+        raise ValueError(f"resolution must be -1, 1, 2, 4, 8 or a positive target width, got {resolution}")
+    return target, max(1, (height * target) // width)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # reads the header only
+            return im.size
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+def _basename(colmap_name: str) -> str:
+    return colmap_name.replace("\\", "/").split("/")[-1]
+
+
+def _stem(colmap_name: str) -> str:
+    """LangSplat/COS3D image_name: the basename cut at its FIRST dot."""
+    return _basename(colmap_name).split(".")[0]
+
+
+def _model_file(sparse: Path, stem: str) -> Path:
+    b = sparse / f"{stem}.bin"
+    # read_model prefers .bin when all three .bin files exist
+    if all((sparse / f"{n}.bin").is_file() for n in ("cameras", "images", "points3D")):
+        return b
+    return sparse / f"{stem}.txt"
+
+
+def nerfpp_radius(centers: np.ndarray) -> float:
+    """3DGS ``getNerfppNorm`` radius of [N,3] camera centres (1.0 when degenerate)."""
+    if len(centers) == 0:
+        return 1.0
+    c = np.asarray(centers, dtype=np.float64)
+    r = 1.1 * float(np.max(np.linalg.norm(c - c.mean(0), axis=1)))
+    return r if r > 0 else 1.0
+
+
+def load_scene(source_path: Union[str, Path], images: str = "images", resolution: int = -1,
+               holdout_every: int = 8, holdout_offset: Optional[int] = None,
+               max_width: int = 1600) -> SceneData:
+    """Loads ``<source_path>/sparse/0`` and the matching image files (headers only).
+
+    Intrinsics are scaled from COLMAP's calibration size to the image file's size, then to the
+    ``resolution`` rule (see ``target_size``). With ``holdout_offset`` set, sorted camera ``i``
+    is a test view iff ``i % holdout_every == holdout_offset`` (3DGS: 0, COS3D: 2)."""
+    root = Path(source_path)
+    sparse = root / "sparse" / "0"
+    if not sparse.is_dir():
+        raise FileNotFoundError(f"{sparse} not found: run COLMAP (or the synthetic generator) first")
+    if holdout_offset is not None and not (holdout_every >= 1 and 0 <= holdout_offset < holdout_every):
+        raise ValueError(f"holdout_offset must be in [0, {holdout_every}), got {holdout_offset} "
+                         f"(holdout_every={holdout_every})")
+    cams, imgs, pts = read_model(sparse, tracks=False)
+    cam_file, img_file = _model_file(sparse, "cameras"), _model_file(sparse, "images")
+    image_dir = root / images
+
+    # 3DGS sorts by image_name (the stem); the full name only breaks ties deterministically
+    order = sorted(imgs.values(), key=lambda im: (_stem(im.name), im.name))
+    for a, b in zip(order, order[1:]):
+        if _stem(a.name) == _stem(b.name):
+            raise ValueError(f"{img_file}: images {a.name!r} and {b.name!r} have the same image_name "
+                             f"{_stem(a.name)!r}; image names must be unique")
+    cameras: list[Camera] = []
+    noted = False
+    for uid, im in enumerate(order):
+        if im.camera_id not in cams:
+            raise ValueError(f"{img_file}: image {im.name!r} uses camera {im.camera_id}, "
+                             f"which is not in {cam_file}")
+        cc = cams[im.camera_id]
+        K = colmap_intrinsics(cc, cam_file)
+        base = _basename(im.name)
+        path = image_dir / base
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} not found (listed as {im.name!r} in {img_file})")
+        cam = Camera(uid=uid, image_name=_stem(im.name), R=qvec2rotmat(im.qvec),
+                     t=np.asarray(im.tvec, dtype=np.float64).copy(), K=K, width=int(cc.width),
+                     height=int(cc.height), image_path=path,
+                     extra={"colmap_image_id": im.id, "colmap_camera_id": cc.id})
+        fw, fh = _image_size(path)
+        if (fw, fh) != (cam.width, cam.height):
+            cam = cam.scaled(fw, fh)  # COLMAP's size is the calibration size
+        w, h = target_size(fw, fh, resolution, max_width)
+        if resolution == -1 and (w, h) != (fw, fh) and not noted:
+            print(f"[load_scene] images wider than {max_width} px are downscaled to {max_width} wide "
+                  f"(pass resolution=1 to keep the native size)")
+            noted = True
+        if (w, h) != (cam.width, cam.height):
+            cam = cam.scaled(w, h)
+        cameras.append(cam)
+
+    if holdout_offset is None:
+        train, test = cameras, []
+    else:
+        test = [c for c in cameras if c.uid % holdout_every == holdout_offset]
+        train = [c for c in cameras if c.uid % holdout_every != holdout_offset]
+    extent = nerfpp_radius(np.array([c.center for c in train]).reshape(-1, 3))
+    return SceneData(source_path=root, train_cameras=train, test_cameras=test,
+                     points_xyz=pts.xyz.astype(np.float32).reshape(-1, 3),
+                     points_rgb=(pts.rgb.astype(np.float32) / 255.0).reshape(-1, 3),
+                     cameras_extent=extent)
