@@ -80,9 +80,69 @@ class RGBConfig:
 
 
 @dataclass
+class InstanceConfig:
+    iterations: int = F(30000, "instance-field training steps, one view each (COS3D: 30000; 3000 = the paper's 8-minute setting)")
+    feature_dim: int = F(16, "instance feature channels per Gaussian (COS3D: 16)")
+    lr: float = F(0.0025, "Adam lr of the instance features (COS3D feature_lr: 0.0025), constant")
+    sam_level: int = F(3, "SAM level of the _s.npy maps supervising the field: 0 default, 1 s, 2 m, 3 l (COS3D: 3)")
+    features_folder: str = F("language_features", "folder of the LangSplat _s.npy/_f.npy files inside the scene")
+    holdout_offset: int = F(2, "views with sorted index % holdout_every == this are not trained on (COS3D --eval: 2); -1 = all")
+    num_samples: int = F(32768, "pixels sampled per step, with replacement (COS3D/Unified-Lift: 32768)")
+    min_cluster_size: int = F(20, "clusters need MORE than this many samples (COS3D: 20)")
+    phi_scale: float = F(10.0, "adaptive temperature phi <- clip(phi_scale * phi, phi_min, phi_max) (COS3D: 10)")
+    phi_min: float = F(0.5, "lower clip of phi (COS3D: 0.5)")
+    phi_max: float = F(1.0, "upper clip of phi (COS3D: 1.0)")
+    norm_weight: float = F(100.0, "weight of mean (||F||-1)^2 on rendered features (COS3D: 100)")
+    loss_scale: float = F(0.001, "total loss multiplier (COS3D: 1e-3)")
+    preview_every: int = F(500, "write a PCA preview PNG of the rendered features every k steps; 0 = never (COS3D: 500)")
+    checkpoint_every: int = F(5000, "write a resumable checkpoint every k steps; 0 = only at the end")
+
+
+@dataclass
+class MappingConfig:
+    kind: str = F("kernel", "kernel (training-free Nadaraya-Watson, COS3D default) | mlp (16->512 decoder, COS3D autoencoder/)")
+    sam_level: int = F(3, "SAM level whose masks form the instance<->CLIP pairs (COS3D: 3)")
+    top_k: int = F(25, "kernel: anchors per Gaussian (COS3D Grounding_3D.py: 25)")
+    sigma: float = F(0.1, "kernel: bandwidth of exp(-d^2 / 2 sigma^2) on cosine distance (COS3D: 0.1)")
+    smooth_k: int = F(10, "3D smoothing: mean over this many nearest Gaussians in xyz, self included; <= 1 = off (COS3D: 10)")
+    chunk_size: int = F(65536, "Gaussians per chunk in the kernel / smoothing (memory bound, not results)")
+    mlp_epochs: int = F(100, "mlp: training epochs (COS3D autoencoder: 100)")
+    mlp_lr: float = F(0.001, "mlp: Adam lr (COS3D bash_run.sh: 1e-3)")
+    mlp_batch_size: int = F(64, "mlp: batch size (COS3D: 64)")
+    mlp_hidden: list[int] = F([32, 64, 128, 256, 256], "mlp: hidden widths of the decoder (COS3D: 32 64 128 256 256)")
+    mlp_cos_weight: float = F(0.001, "mlp: loss = MSE + w * (1 - cosine) (COS3D: 0.001)")
+
+
+@dataclass
+class QueryConfig:
+    mode: str = F("collaborative", "collaborative (COS3D) | language_only (threshold the relevancy) | instance_only (one instance from the best seed)")
+    text_encoder: str = F("hash", "hash (synthetic scenes) | table (phrase->vector file) | openclip (ViT-B-16 laion2b from ckpts/)")
+    text_table: str = F("", "table encoder: JSON/pt phrase->vector file; empty = <scene>/text_features.json")
+    negatives: list[str] = F(["object", "things", "stuff", "texture"], "canonical negative phrases (LERF / LangSplat)")
+    temperature: float = F(10.0, "relevancy softmax temperature (LERF: 10)")
+    score_thresh: float = F(0.5, "tau: seed threshold and region acceptance on the rescaled relevancy (COS3D: 0.5)")
+    seed_opacity: float = F(0.1, "seeds need opacity above this (COS3D: 0.1)")
+    multipliers: list[float] = F([0.4, 0.3, 0.2, 0.1], "region thresholds T = 1 - m*d, loosest first (COS3D: 0.4 0.3 0.2 0.1)")
+    language_threshold: float = F(0.5, "language_only: keep Gaussians whose rescaled relevancy exceeds this")
+    instance_multiplier: float = F(0.3, "instance_only: region threshold T = 1 - m*d around the best seed")
+    queries: list[str] = F([], "text queries; empty = the categories of the scene's labelled frames")
+
+
+@dataclass
+class EvalConfig:
+    label_root: str = F("", "LERF-OVS label folder (<label_root>/<scene>/...); empty = <scene>/../label (OpenGaussian layout)")
+    silhouette_alpha: float = F(0.7, "a pixel of a selection render is in the mask when its alpha > this (OpenGaussian/COS3D: 0.7)")
+    binarize: int = F(10, "gt and prediction PNGs are foreground where > this (OpenGaussian: 10)")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig, metadata={"help": "run-wide settings"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "scene loading"})
     renderer: RendererConfig = field(default_factory=RendererConfig, metadata={"help": "Gaussian rasterizer"})
     rgb: RGBConfig = field(default_factory=RGBConfig, metadata={"help": "stage 0: vanilla 3DGS"})
+    instance: InstanceConfig = field(default_factory=InstanceConfig, metadata={"help": "stage 1: instance field"})
+    mapping: MappingConfig = field(default_factory=MappingConfig, metadata={"help": "stage 2: instance -> language mapping"})
+    query: QueryConfig = field(default_factory=QueryConfig, metadata={"help": "text query -> 3D selection"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "selection rendering and LERF-OVS scoring"})
 

@@ -1,0 +1,102 @@
+"""Render the views of a trained run to PNG files.
+
+    python render.py -m <run dir> [--split test|train|all] [--depth] [--set section.key=value ...]
+
+Reads ``<run>/config.yaml`` (the scene, resolution and split the run was trained with) and
+``<run>/rgb/point_cloud.ply``, and writes ``<run>/rgb/renders/<split>/<image_name>.png`` (and
+``..._depth.png`` with --depth), plus ``<run>/rgb/renders/<split>/metrics.json`` (PSNR/SSIM per view).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from arguments import ConfigError, apply_overrides, read_saved_config
+from stages.rundir import StageError, resolve_device, write_json
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model_path", required=True, help="run directory written by train.py")
+    p.add_argument("--split", default="test", choices=["test", "train", "all"],
+                   help="which views to render (test = the rgb stage's held-out views)")
+    p.add_argument("--depth", action="store_true", help="also write a normalised depth PNG per view")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override a value of the saved config, e.g. --set renderer.backend=torch")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return p
+
+
+def to_png(img: torch.Tensor, path: Path) -> None:
+    arr = (img.detach().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+
+
+def run(args) -> int:
+    from gaussian_renderer import render
+    from scene.dataset import load_scene
+    from scene.gaussian_model import load_ply
+    from stages.metrics import psnr, ssim
+
+    run_dir = Path(args.model_path)
+    cfg_path = run_dir / "config.yaml"
+    ply = run_dir / "rgb" / "point_cloud.ply"
+    if not cfg_path.is_file() or not ply.is_file():
+        raise StageError(f"{run_dir}: no finished rgb stage here (missing {cfg_path.name} or rgb/point_cloud.ply); "
+                         f"run `python train.py --stage rgb -s <scene> -m {run_dir}` first")
+    cfg, _ = read_saved_config(cfg_path)
+    apply_overrides(cfg, args.overrides)
+    device = resolve_device(cfg.run.device)
+    off = cfg.rgb.holdout_offset
+    scene = load_scene(cfg.data.source_path, images=cfg.data.images, resolution=cfg.data.resolution,
+                       holdout_every=cfg.data.holdout_every, holdout_offset=None if off < 0 else off,
+                       max_width=cfg.data.max_width)
+    cams = {"test": scene.test_cameras, "train": scene.train_cameras, "all": scene.all_cameras}[args.split]
+    if not cams:
+        raise StageError(f"no {args.split} views in this run (rgb.holdout_offset={off})")
+    params = load_ply(ply, device=device)
+    bg = torch.ones(3, device=device) if cfg.data.white_background else torch.zeros(3, device=device)
+    out_dir = run_dir / "rgb" / "renders" / args.split
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_view = {}
+    with torch.no_grad():
+        for cam in tqdm(cams, desc=f"render {args.split}", disable=not cfg.run.progress):
+            out = render(params, cam, backend=cfg.renderer.backend, bg=bg, tile_size=cfg.renderer.tile_size,
+                         near=cfg.renderer.near, far=cfg.renderer.far, return_depth=args.depth)
+            to_png(out.color, out_dir / f"{cam.image_name}.png")
+            if args.depth:
+                d = out.depth[..., 0]
+                valid = out.alpha[..., 0] > 0.5
+                if valid.any():
+                    lo, hi = d[valid].min(), d[valid].max()
+                    dn = torch.where(valid, (d - lo) / (hi - lo + 1e-9), torch.ones_like(d))
+                    to_png(dn[..., None], out_dir / f"{cam.image_name}_depth.png")
+            gt = cam.load_image().to(device)
+            per_view[cam.image_name] = {"psnr": psnr(out.color.clamp(0, 1), gt),
+                                        "ssim": ssim(out.color.clamp(0, 1), gt).item()}
+    mean = {k: float(np.mean([v[k] for v in per_view.values()])) for k in ("psnr", "ssim")}
+    write_json(out_dir / "metrics.json", {"mean": mean, "per_view": per_view})
+    print(f"[render] {len(cams)} {args.split} views -> {out_dir}  PSNR {mean['psnr']:.2f}  SSIM {mean['ssim']:.4f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ConfigError, StageError, FileNotFoundError, ValueError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
