@@ -1,0 +1,86 @@
+"""Score rendered 3D selections on LERF-OVS (OpenGaussian "3D" protocol, spec/cos3d.md §6).
+
+    python eval_lerf.py --scenes figurines teatime ramen waldo_kitchen \\
+        --label_root <DATA_ROOT>/label --runs_root output/<tag> [--out DIR]
+
+For each scene, reads predictions from ``<runs_root>/<scene>/renders/<frame>/<category>.png``
+(silhouettes, value > 10 = selected) and the gt masks from ``<label_root>/<scene>/gt/<frame>/``
+(generated from ``<label_root>/<scene>/<frame>.json`` where a frame's gt folder is missing; existing
+gt files are never overwritten). Per scene: mIoU, mAcc@0.25 (IoU > 0.25), Acc@0.5 over all
+(frame, category) units; a missing prediction scores IoU 0. The "mean" row is the unweighted mean
+over scenes. Prints a table and writes metrics.json / metrics.csv to --out (default: --runs_root).
+Exit status 2 with a one-line message on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from scene.lerf_eval import (default_pred_name, evaluate, flat_pred_name, format_table,
+                             write_metrics)
+
+# Units (frame x category) per scene in the published protocol (spec §6.2, from peer papers):
+# a different count on the real data means the label folder is not the standard one.
+REFERENCE_UNITS = {"figurines": 56, "teatime": 59, "ramen": 71, "waldo_kitchen": 22}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenes", nargs="+", required=True, metavar="SCENE",
+                   help="scene names, in the order of the output table (e.g. figurines teatime ramen waldo_kitchen)")
+    p.add_argument("--label_root", required=True, type=Path,
+                   help="folder holding <scene>/<frame>.json and/or <scene>/gt/<frame>/<category>.jpg|png "
+                        "(the label/ folder of the LERF-OVS download)")
+    p.add_argument("--runs_root", required=True, type=Path,
+                   help="folder holding one run directory per scene: <runs_root>/<scene>/")
+    p.add_argument("--pred_subdir", default="renders",
+                   help="prediction folder inside each run directory (default: renders)")
+    p.add_argument("--pred_layout", choices=["nested", "flat"], default="nested",
+                   help="nested: <pred>/<frame>/<category>.png (this project, default); "
+                        "flat: <pred>/<frame>_<category>.png (OpenGaussian / COS3D release)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where to write metrics.json and metrics.csv (default: --runs_root)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return p
+
+
+def run(args) -> int:
+    if not args.label_root.is_dir():
+        raise FileNotFoundError(f"label root {args.label_root} not found (give --label_root <DATA_ROOT>/label)")
+    for s in args.scenes:
+        pred = args.runs_root / s / args.pred_subdir
+        if not pred.is_dir():
+            raise FileNotFoundError(f"no predictions for scene {s!r}: {pred} is not a folder "
+                                    f"(run the render stage first, or check --runs_root/--pred_subdir)")
+    pred_name = default_pred_name if args.pred_layout == "nested" else flat_pred_name
+    results = evaluate(args.scenes, args.label_root, lambda s: args.runs_root / s / args.pred_subdir, pred_name)
+    print(format_table(results))
+    for s, r in results["scenes"].items():
+        note = f"{s}: {r['units']} units"
+        if s in REFERENCE_UNITS and r["units"] != REFERENCE_UNITS[s]:
+            note += f" (the published protocol has {REFERENCE_UNITS[s]})"
+        if r["missing"]:
+            miss = [f"{u['frame']}/{u['category']}" for u in r["per_unit"] if u["missing"]]
+            note += f"; {r['missing']} missing predictions scored 0: " + ", ".join(miss[:5])
+            note += ", ..." if len(miss) > 5 else ""
+        print(note)
+    jpath, cpath = write_metrics(results, args.out if args.out is not None else args.runs_root)
+    print(f"wrote {jpath} and {cpath}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"eval_lerf.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
