@@ -1,10 +1,15 @@
-"""Render the views of a trained run to PNG files.
+"""Render a run to PNG files: query selections (default) or plain views.
 
-    python render.py -m <run dir> [--split test|train|all] [--depth] [--set section.key=value ...]
+    python render.py -m <run dir>                    # every query selection in every labelled frame
+    python render.py -m <run dir> --views test       # the 3DGS model's test (train, all) views
 
-Reads ``<run>/config.yaml`` (the scene, resolution and split the run was trained with) and
-``<run>/rgb/point_cloud.ply``, and writes ``<run>/rgb/renders/<split>/<image_name>.png`` (and
-``..._depth.png`` with --depth), plus ``<run>/rgb/renders/<split>/metrics.json`` (PSNR/SSIM per view).
+Selections (after ``query.py``): each ``<run>/queries/<query>.npy`` is rendered alone on a white
+background in the labelled frames of the scene; alpha > eval.silhouette_alpha (0.7) gives the mask
+``<run>/renders/<frame>/<query>.png`` (0/255) and the colour goes to ``<run>/renders_rgb/<frame>/<query>.png``.
+
+Views: ``<run>/rgb/point_cloud.ply`` -> ``<run>/rgb/renders/<split>/<image_name>.png`` (and
+``..._depth.png`` with --depth), plus ``metrics.json`` (PSNR/SSIM per view).
+The scene, resolution and splits are those of ``<run>/config.yaml``.
 """
 from __future__ import annotations
 
@@ -25,9 +30,9 @@ from stages.rundir import StageError, resolve_device, write_json
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model_path", required=True, help="run directory written by train.py")
-    p.add_argument("--split", default="test", choices=["test", "train", "all"],
-                   help="which views to render (test = the rgb stage's held-out views)")
-    p.add_argument("--depth", action="store_true", help="also write a normalised depth PNG per view")
+    p.add_argument("--views", default=None, choices=["test", "train", "all"],
+                   help="render the 3DGS model's views of this split instead of the query selections")
+    p.add_argument("--depth", action="store_true", help="with --views: also write a normalised depth PNG per view")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override a value of the saved config, e.g. --set renderer.backend=torch")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -40,17 +45,12 @@ def to_png(img: torch.Tensor, path: Path) -> None:
 
 
 def run(args) -> int:
-    from gaussian_renderer import render
     from scene.dataset import load_scene
-    from scene.gaussian_model import load_ply
-    from stages.metrics import psnr, ssim
 
     run_dir = Path(args.model_path)
     cfg_path = run_dir / "config.yaml"
-    ply = run_dir / "rgb" / "point_cloud.ply"
-    if not cfg_path.is_file() or not ply.is_file():
-        raise StageError(f"{run_dir}: no finished rgb stage here (missing {cfg_path.name} or rgb/point_cloud.ply); "
-                         f"run `python train.py --stage rgb -s <scene> -m {run_dir}` first")
+    if not cfg_path.is_file():
+        raise StageError(f"{cfg_path} not found: train this run first (python train.py --stage rgb -m {run_dir} ...)")
     cfg, _ = read_saved_config(cfg_path)
     apply_overrides(cfg, args.overrides)
     device = resolve_device(cfg.run.device)
@@ -58,16 +58,41 @@ def run(args) -> int:
     scene = load_scene(cfg.data.source_path, images=cfg.data.images, resolution=cfg.data.resolution,
                        holdout_every=cfg.data.holdout_every, holdout_offset=None if off < 0 else off,
                        max_width=cfg.data.max_width)
-    cams = {"test": scene.test_cameras, "train": scene.train_cameras, "all": scene.all_cameras}[args.split]
+    if args.views is None:
+        return render_selection_masks(cfg, run_dir, scene, device)
+    return render_views(args, cfg, run_dir, scene, device)
+
+
+def render_selection_masks(cfg, run_dir: Path, scene, device) -> int:
+    from scene.lerf_eval import ensure_gt, read_gt
+    from stages.query import label_root_of, read_index, render_selections, scene_name
+
+    queries = list(read_index(run_dir)["queries"])
+    frames = sorted(read_gt(ensure_gt(label_root_of(cfg), scene_name(cfg))))
+    n = render_selections(cfg, run_dir, scene, frames, queries, device)
+    print(f"[render] {n} selection masks ({len(queries)} queries x {len(frames)} labelled frames) -> {run_dir / 'renders'}")
+    return 0
+
+
+def render_views(args, cfg, run_dir: Path, scene, device) -> int:
+    from gaussian_renderer import render
+    from scene.gaussian_model import load_ply
+    from stages.metrics import psnr, ssim
+
+    ply = run_dir / "rgb" / "point_cloud.ply"
+    if not ply.is_file():
+        raise StageError(f"{ply} not found: run `python train.py --stage rgb -m {run_dir}` first")
+    split = args.views
+    cams = {"test": scene.test_cameras, "train": scene.train_cameras, "all": scene.all_cameras}[split]
     if not cams:
-        raise StageError(f"no {args.split} views in this run (rgb.holdout_offset={off})")
+        raise StageError(f"no {split} views in this run (rgb.holdout_offset={cfg.rgb.holdout_offset})")
     params = load_ply(ply, device=device)
     bg = torch.ones(3, device=device) if cfg.data.white_background else torch.zeros(3, device=device)
-    out_dir = run_dir / "rgb" / "renders" / args.split
+    out_dir = run_dir / "rgb" / "renders" / split
     out_dir.mkdir(parents=True, exist_ok=True)
     per_view = {}
     with torch.no_grad():
-        for cam in tqdm(cams, desc=f"render {args.split}", disable=not cfg.run.progress):
+        for cam in tqdm(cams, desc=f"render {split}", disable=not cfg.run.progress):
             out = render(params, cam, backend=cfg.renderer.backend, bg=bg, tile_size=cfg.renderer.tile_size,
                          near=cfg.renderer.near, far=cfg.renderer.far, return_depth=args.depth)
             to_png(out.color, out_dir / f"{cam.image_name}.png")
@@ -83,7 +108,7 @@ def run(args) -> int:
                                         "ssim": ssim(out.color.clamp(0, 1), gt).item()}
     mean = {k: float(np.mean([v[k] for v in per_view.values()])) for k in ("psnr", "ssim")}
     write_json(out_dir / "metrics.json", {"mean": mean, "per_view": per_view})
-    print(f"[render] {len(cams)} {args.split} views -> {out_dir}  PSNR {mean['psnr']:.2f}  SSIM {mean['ssim']:.4f}")
+    print(f"[render] {len(cams)} {split} views -> {out_dir}  PSNR {mean['psnr']:.2f}  SSIM {mean['ssim']:.4f}")
     return 0
 
 

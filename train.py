@@ -7,6 +7,8 @@ Stages (each reads its predecessor from the same run dir):
             (or adopt an existing 3DGS model with --init_ply, skipping training)
   instance  frozen geometry + a 16-D instance feature per Gaussian, ProtoNCE on SAM level-3 masks
             -> <run>/instance/point_cloud.ply (3DGS PLY + semantic_0..15)
+  mapping   training-free instance -> CLIP mapping: mask-level pairs over all views + the per-Gaussian
+            language field (kernel regression or MLP, 3D smoothing) -> <run>/mapping/
 
 A finished stage is skipped unless --force; an interrupted one resumes from its checkpoint.
 """
@@ -22,7 +24,7 @@ import torch
 from arguments import ConfigError, add_config_args, load_config, read_saved_config
 from stages.rundir import StageError, begin_stage, mark_done, resolve_device, seed_everything
 
-STAGES = ("rgb", "instance")
+STAGES = ("rgb", "instance", "mapping")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +87,8 @@ def run(args) -> int:
 
         geometry_source(run_dir)  # fail early, before writing anything, if stage 0 is missing
         scene = scene_with_holdout(cfg.instance.holdout_offset)
-        if not begin_stage(run_dir, "instance", cfg, ["data", "instance"], meta, force=args.force):
+        if not begin_stage(run_dir, "instance", cfg, ["data", "instance"], meta, force=args.force,
+                           inputs=[geometry_source(run_dir)]):
             print(f"[instance] already finished in {run_dir / 'instance'} (use --force to retrain)")
             return 0
         seed_everything(cfg.run.seed)
@@ -94,6 +97,20 @@ def run(args) -> int:
         summary = train_instance(cfg, run_dir, scene, device)
         mark_done(run_dir, "instance", summary)
         print(f"[instance] done: {summary['n_gaussians']} Gaussians x {summary['feature_dim']} features")
+    elif args.stage == "mapping":
+        from stages.mapping import instance_source, run_mapping
+
+        instance_source(run_dir)
+        scene = scene_with_holdout(-1)  # every view contributes pairs (COS3D builds this scene with eval=False)
+        if not begin_stage(run_dir, "mapping", cfg, ["data", "instance", "mapping"], meta, force=args.force,
+                           inputs=[instance_source(run_dir)]):
+            print(f"[mapping] already finished in {run_dir / 'mapping'} (use --force to redo)")
+            return 0
+        seed_everything(cfg.run.seed)
+        summary = run_mapping(cfg, run_dir, scene, device)
+        mark_done(run_dir, "mapping", summary)
+        print(f"[mapping] done: {summary['n_pairs']} mask pairs, d = {summary['median_distance']:.4f}, "
+              f"{summary['kind']} language field for {summary['n_gaussians']} Gaussians")
     return 0
 
 

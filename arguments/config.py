@@ -131,14 +131,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_config(argfiles: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Config:
     """Defaults, then each argument file, then each ``--set`` override."""
-    cfg = Config()
+    return apply_overrides(apply_argfiles(Config(), argfiles), overrides)
+
+
+def apply_argfiles(cfg: Config, argfiles: Iterable[str | Path]) -> Config:
+    """Merge partial YAML argument files into ``cfg`` in place, in order (and return it)."""
     for f in argfiles:
         data = load_yaml(f)
         try:
             _merge(cfg, data, "")
         except ConfigError as e:
             raise ConfigError(f"{f}: {e}") from None
-    return apply_overrides(cfg, overrides)
+    return cfg
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:

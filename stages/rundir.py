@@ -80,22 +80,39 @@ def _diff(a, b, prefix=""):
     return out
 
 
+def fingerprint(paths) -> dict:
+    """Size and modification time of a stage's input files (what its outputs were made from)."""
+    out = {}
+    for p in paths:
+        st = Path(p).stat()
+        out[str(p)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
 def begin_stage(run_dir: Path, stage: str, cfg: Config, sections: list[str], meta: dict,
-                force: bool = False) -> bool:
+                force: bool = False, inputs=()) -> bool:
     """Prepare ``<run_dir>/<stage>`` and record the config.
 
     Returns True when the stage must run (fresh or resumable) and False when it already finished
     (and ``force`` is not set). A resumable stage whose relevant config ``sections`` changed since
     it started is refused (a checkpoint trained under other settings must not be silently mixed in).
+    ``inputs`` are the predecessor's files: when they changed since this stage ran (a retrained
+    predecessor), the stage's outputs and checkpoint are stale and it starts over.
     """
     run_dir = Path(run_dir)
     sdir = run_dir / stage
+    saved = sdir / "config.yaml"
+    fp = fingerprint(inputs)
+    if saved.is_file() and not force:
+        _, old_meta = read_saved_config(saved)
+        if old_meta.get("inputs", fp) != fp:
+            print(f"[{stage}] its inputs changed since it ran ({', '.join(map(str, inputs))}): starting it over")
+            force = True
     if stage_done(run_dir, stage) and not force:
         return False
     if force and sdir.exists():
         for f in ("done.json", "ckpt.pt"):
             (sdir / f).unlink(missing_ok=True)
-    saved = sdir / "config.yaml"
     if saved.is_file() and not force:
         old, _ = read_saved_config(saved)
         new_d, old_d = to_dict(cfg), to_dict(old)
@@ -108,7 +125,7 @@ def begin_stage(run_dir: Path, stage: str, cfg: Config, sections: list[str], met
                 f"({'; '.join(changes[:5])}). Use --force to start it over, or another -m run dir."
             )
     sdir.mkdir(parents=True, exist_ok=True)
-    full_meta = {"git_commit": git_commit(), "stage": stage, **meta}
+    full_meta = {"git_commit": git_commit(), "stage": stage, **meta, "inputs": fp}
     save_config(cfg, saved, meta=full_meta)
     save_config(cfg, run_dir / "config.yaml", meta=full_meta)
     return True

@@ -1,0 +1,79 @@
+"""Answer text queries on a trained run: each query -> the set of Gaussians forming that object.
+
+    python query.py -m <run dir> [--query "red apple" --query "teapot" ...] [--set query.mode=language_only]
+
+Needs the instance and mapping stages of the run. Without --query (and without query.queries in the
+config) the queries are the categories of the scene's labelled frames, as LERF-OVS evaluates them.
+Writes ``<run>/queries/<query>.npy`` (bool [N], one per Gaussian of <run>/instance/point_cloud.ply)
+and ``<run>/queries/index.json`` (selected counts and per-query time). Export a selection as a
+3DGS PLY with --export.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+from arguments import ConfigError, apply_argfiles, apply_overrides, read_saved_config
+from stages.rundir import StageError, resolve_device, seed_everything
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model_path", required=True, help="run directory (instance + mapping stages done)")
+    p.add_argument("--query", action="append", default=[], metavar="TEXT",
+                   help="a text query; repeatable (default: the labelled categories of the scene)")
+    p.add_argument("--export", action="store_true",
+                   help="also write <run>/queries/<query>.ply: the selected Gaussians as a standard 3DGS PLY")
+    p.add_argument("-c", "--config", action="append", default=[], metavar="ARGFILE",
+                   help="argument file(s) applied over the run's saved config (e.g. arguments/ablations/language_only.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override one config value, e.g. --set query.mode=language_only")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return p
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from scene.gaussian_model import save_ply
+    from stages.mapping import load_instance_model
+    from stages.query import default_queries, query_file, run_queries
+
+    run_dir = Path(args.model_path)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise StageError(f"{cfg_path} not found: train this run first (bash script/train.sh)")
+    cfg, _ = read_saved_config(cfg_path)
+    apply_argfiles(cfg, args.config)  # argument files override the run's saved settings, key by key
+    apply_overrides(cfg, args.overrides)
+    seed_everything(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    queries = args.query or default_queries(cfg)
+    index = run_queries(cfg, run_dir, queries, device)
+    width = max(len(q) for q in index)
+    for q, info in index.items():
+        print(f"  {q:<{width}}  {info['n_selected']:>8d} Gaussians  {1000 * info['seconds']:8.1f} ms")
+    if args.export:
+        params = load_instance_model(run_dir, device)
+        for q in index:
+            sel = np.load(query_file(run_dir, q))
+            save_ply(query_file(run_dir, q).with_suffix(".ply"), {k: v[sel] for k, v in params.items()})
+    print(f"[query] {len(index)} queries ({cfg.query.mode}) -> {run_dir / 'queries'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ConfigError, StageError, FileNotFoundError, ValueError, KeyError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
