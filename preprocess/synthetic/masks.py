@@ -1,0 +1,208 @@
+"""SAM-like 4-level masks and CLIP-like per-mask vectors in LangSplat's file format.
+
+From the ground-truth buffers of one view (``render.ViewRender``) this builds
+
+* ``_s``: float32 ``[4, H, W]``, levels 0 default, 1 s, 2 m, 3 l; every value >= 0 is a row of
+  ``_f`` (level k ids are offset by the mask counts of levels < k); -1 = no mask;
+* ``_f``: float32 ``[M, 512]``, unit rows: the hash text vector of what the mask shows plus
+  noise, renormalised.
+
+What the levels show (before noise):
+
+* l (3): whole objects;
+* m (2): the object's part groups (a mug's body / handle) or the whole object if it has one;
+* s (1): single parts (a chair's legs, seat, back) or, for one-part objects, top/bottom halves;
+* default (0): per object, one of the three decompositions above, drawn at random;
+* background regions (table, floor, wall, sky) may get masks with generic vectors.
+
+Noise (``config.NoiseKnobs``): level-3 over-segmentation (object -> its s-level pieces) and
+under-segmentation (objects touching in the image merged), missed masks, boundary dilation /
+erosion, masks under a minimum area dropped, CLIP noise and confusion, misleading background
+vectors. Masks are painted largest first, so later (smaller) masks overwrite earlier ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from scene.encoders import HashTextEncoder
+
+from .config import NoiseKnobs
+from .layout import REGION_NAMES, SyntheticLayout
+from .render import ViewRender
+
+LEVELS = ("default", "s", "m", "l")
+GENERIC = "object"
+
+
+@dataclass
+class VectorBank:
+    """Unit float64 vectors [*, dim] for every phrase a mask can show."""
+    obj: np.ndarray        # [n_obj, dim] object names
+    word: dict             # part / half word -> [dim]
+    region: dict           # region id -> [dim] ("table", "floor", "wall", "sky")
+    generic: np.ndarray    # [dim] "object"
+
+    @staticmethod
+    def build(layout: SyntheticLayout, encoder: HashTextEncoder) -> "VectorBank":
+        words = sorted(set(layout.part_words) | {"top", "bottom"})
+        wv = encoder.encode_numpy(words)
+        rv = encoder.encode_numpy([REGION_NAMES[r] for r in sorted(REGION_NAMES)])
+        return VectorBank(encoder.encode_numpy([o.name for o in layout.objects]),
+                          dict(zip(words, wv)), dict(zip(sorted(REGION_NAMES), rv)),
+                          encoder.encode_numpy([GENERIC])[0])
+
+
+def _unit(v):
+    return v / np.linalg.norm(v)
+
+
+def _pieces(o, kind, view, layout):
+    """List of (pixel mask [H,W] bool, part words) of object ``o`` for a decomposition kind:
+    'whole', 'groups' (m), 'parts' (s)."""
+    on = view.obj == o
+    pids = layout.objects[o].part_ids
+    if kind == "whole":
+        return [(on, ())]
+    if kind == "groups":
+        groups = sorted({layout.part_groups[p] for p in pids})
+        if len(groups) < 2:
+            return [(on, ())]
+        out = []
+        for g in groups:
+            ps = [p for p in pids if layout.part_groups[p] == g]
+            out.append((np.isin(view.part, ps), tuple(sorted({layout.part_words[p] for p in ps}))))
+        return out
+    if len(pids) >= 2:  # parts
+        return [(view.part == p, (layout.part_words[p],)) for p in pids]
+    return [(on & view.upper, ("top",)), (on & ~view.upper, ("bottom",))]
+
+
+def _adjacent_pairs(obj: np.ndarray) -> set:
+    """Pairs (a<b) of object ids with 4-neighbouring pixels in ``obj`` [H,W]."""
+    pairs = set()
+    for a, b in ((obj[:, 1:], obj[:, :-1]), (obj[1:, :], obj[:-1, :])):
+        m = (a != b) & (a >= 0) & (b >= 0)
+        for x, y in zip(a[m].tolist(), b[m].tolist()):
+            pairs.add((min(x, y), max(x, y)))
+    return pairs
+
+
+def _jitter(mask: np.ndarray, k: int) -> np.ndarray:
+    if k == 0:
+        return mask
+    ker = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(k) + 1, 2 * abs(k) + 1))
+    op = cv2.dilate if k > 0 else cv2.erode
+    return op(mask.astype(np.uint8), ker) > 0
+
+
+class _Decisions:
+    """Seeded generators for the segmentation decisions: one stream per (object or pair, level),
+    keyed by the view only when ``per_view`` (so decisions are view-consistent otherwise)."""
+
+    def __init__(self, seed: int, view: int, per_view: bool):
+        self.base = [int(seed), 0x5A, (view + 1) if per_view else 0]
+
+    def rng(self, *key) -> np.random.Generator:
+        # SeedSequence pads entropy with zeros ([1, 2] == [1, 2, 0]), so keys end in a non-zero
+        # length marker to keep keys of different lengths apart
+        return np.random.default_rng(self.base + [int(k) for k in key] + [len(key) + 1])
+
+
+def build_language_features(view: ViewRender, layout: SyntheticLayout, bank: VectorBank,
+                            knobs: NoiseKnobs, seed: int, view_index: int, min_area: int
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``_s`` [4,H,W] float32 and ``_f`` [M,dim] float32 arrays of one view.
+
+    Deterministic in (seed, view_index) and independent of the order views are processed in."""
+    H, W = view.obj.shape
+    dim = bank.generic.shape[0]
+    dec = _Decisions(seed, view_index, knobs.per_view)
+    noise_rng = np.random.default_rng([int(seed), 0x6B, int(view_index)])
+    n_obj = len(layout.objects)
+    area = np.bincount(view.obj[view.obj >= 0].ravel(), minlength=n_obj)
+    visible = [o for o in range(n_obj) if area[o] >= min_area]
+    adj = {p for p in _adjacent_pairs(view.obj) if p[0] in visible and p[1] in visible}
+    neighbours = {o: sorted({b if a == o else a for a, b in adj if o in (a, b)}) for o in visible}
+
+    # level-3 under-segmentation: union-find over touching pairs
+    parent = {o: o for o in visible}
+
+    def find(x):
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for a, b in sorted(adj):
+        if dec.rng(1, a, b).random() < knobs.under_seg:
+            parent[find(b)] = find(a)
+    merged = {}
+    for o in visible:
+        merged.setdefault(find(o), []).append(o)
+
+    s_out = np.full((4, H, W), -1.0, dtype=np.float32)
+    rows: list[np.ndarray] = []
+    for level in range(4):
+        masks = []  # (pixels, base vector, owner objects (for confusion), decision slot)
+        for o in visible:
+            r = dec.rng(2, o, level)
+            if level == 3:
+                group = merged[find(o)]
+                if len(group) > 1:
+                    if o == group[0]:
+                        pix = np.isin(view.obj, group)
+                        masks.append((pix, _unit(bank.obj[group].sum(0)), group, (1000 + o, 0)))
+                    continue
+                kind = "parts" if r.random() < knobs.over_seg else "whole"
+            elif level == 2:
+                kind = "groups"
+            elif level == 1:
+                kind = "parts"
+            else:
+                kind = ("whole", "groups", "parts")[r.integers(3)]
+            for k, (pix, words) in enumerate(_pieces(o, kind, view, layout)):
+                v = bank.obj[o]
+                if words:
+                    v = _unit(v + knobs.part_weight * _unit(sum(bank.word[w] for w in words)))
+                masks.append((pix, v, [o], (o, k)))
+        for reg in sorted(REGION_NAMES):
+            pix = view.region == reg
+            if pix.sum() < min_area:
+                continue
+            r = dec.rng(3, reg, level)
+            if r.random() >= knobs.background_masks:
+                continue
+            v = bank.region[reg]
+            if visible and r.random() < knobs.background_misleading:
+                v = bank.obj[visible[r.integers(len(visible))]]
+            masks.append((pix, v, [], (2000 + reg, 0)))
+        # per-mask noise: miss, boundary jitter, minimum area, CLIP confusion + noise
+        kept = []
+        for j, (pix, v, owners, slot) in enumerate(masks):
+            r = dec.rng(4, level, *slot)
+            u_miss, k, u_conf, u_kind = r.random(), int(r.integers(-knobs.boundary_jitter,
+                                                                 knobs.boundary_jitter + 1)), r.random(), r.random()
+            if u_miss < knobs.miss:
+                continue
+            pix = _jitter(pix, k)
+            a = int(pix.sum())
+            if a < min_area:
+                continue
+            if owners and u_conf < knobs.clip_confusion:
+                nb = sorted({n for o in owners for n in neighbours.get(o, []) if n not in owners})
+                if u_kind < 0.5 and nb:
+                    v = bank.obj[nb[int(u_kind * 2 * len(nb)) % len(nb)]]
+                else:
+                    v = bank.generic
+            kept.append((a, j, pix, v))
+        kept.sort(key=lambda x: (-x[0], x[1]))
+        offset = len(rows)
+        for i, (_, _, pix, v) in enumerate(kept):
+            s_out[level][pix] = offset + i
+            if knobs.clip_noise > 0:
+                v = v + knobs.clip_noise * noise_rng.standard_normal(dim) / np.sqrt(dim)
+            rows.append(_unit(v))
+    f = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    return s_out, f
