@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from arguments import ConfigError, apply_overrides, read_saved_config
+from arguments import ConfigError, apply_argfiles, apply_overrides, read_saved_config
 from stages.rundir import StageError, resolve_device, write_json
 
 
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", default=None, choices=["test", "train", "all"],
                    help="render the 3DGS model's views of this split instead of the query selections")
     p.add_argument("--depth", action="store_true", help="with --views: also write a normalised depth PNG per view")
+    p.add_argument("-c", "--config", action="append", default=[], metavar="ARGFILE",
+                   help="argument file(s) applied over the run's saved config")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override a value of the saved config, e.g. --set renderer.backend=torch")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
@@ -52,6 +54,7 @@ def run(args) -> int:
     if not cfg_path.is_file():
         raise StageError(f"{cfg_path} not found: train this run first (python train.py --stage rgb -m {run_dir} ...)")
     cfg, _ = read_saved_config(cfg_path)
+    apply_argfiles(cfg, args.config)
     apply_overrides(cfg, args.overrides)
     device = resolve_device(cfg.run.device)
     off = cfg.rgb.holdout_offset

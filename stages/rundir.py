@@ -84,8 +84,9 @@ def fingerprint(paths) -> dict:
     """Size and modification time of a stage's input files (what its outputs were made from)."""
     out = {}
     for p in paths:
-        st = Path(p).stat()
-        out[str(p)] = [st.st_size, st.st_mtime_ns]
+        p = Path(p)
+        st = p.stat()
+        out[f"{p.parent.name}/{p.name}"] = [st.st_size, st.st_mtime_ns]  # run-dir relative: runs may share stages
     return out
 
 
@@ -108,8 +109,6 @@ def begin_stage(run_dir: Path, stage: str, cfg: Config, sections: list[str], met
         if old_meta.get("inputs", fp) != fp:
             print(f"[{stage}] its inputs changed since it ran ({', '.join(map(str, inputs))}): starting it over")
             force = True
-    if stage_done(run_dir, stage) and not force:
-        return False
     if force and sdir.exists():
         for f in ("done.json", "ckpt.pt"):
             (sdir / f).unlink(missing_ok=True)
@@ -120,12 +119,16 @@ def begin_stage(run_dir: Path, stage: str, cfg: Config, sections: list[str], met
         for s in sections:
             changes += _diff(old_d.get(s), new_d.get(s), f"{s}.")
         if changes:
+            state = "a finished" if stage_done(run_dir, stage) else "an unfinished"
             raise StageError(
-                f"{saved}: an unfinished '{stage}' run with other settings is here "
-                f"({'; '.join(changes[:5])}). Use --force to start it over, or another -m run dir."
+                f"{saved}: {state} '{stage}' run with other settings is here "
+                f"({'; '.join(changes[:5])}). Use --force to redo it, or another -m run dir."
             )
-    sdir.mkdir(parents=True, exist_ok=True)
     full_meta = {"git_commit": git_commit(), "stage": stage, **meta, "inputs": fp}
-    save_config(cfg, saved, meta=full_meta)
+    # the run-level config is the latest invocation's (what query/render read), also when the stage is skipped
     save_config(cfg, run_dir / "config.yaml", meta=full_meta)
+    if stage_done(run_dir, stage) and not force:
+        return False
+    sdir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved, meta=full_meta)
     return True

@@ -1,0 +1,126 @@
+"""Stage 2: instance -> language mapping (COS3D ``construct_collobrative_kernel.py`` + the language
+field of ``Grounding_3D.py``, spec §4).
+
+1. Render the instance field in every view (all cameras: COS3D builds this scene with eval=False),
+   normalise per pixel and collect one (mean feature, CLIP row) pair per SAM mask of the level,
+   plus the median pixel-to-mask-mean distance d -> ``<run>/mapping/pairs.pt``.
+2. Map every Gaussian's instance feature to a 512-D language feature (kernel regression over the
+   pairs, or a small MLP fitted on them), smooth over the 10 nearest Gaussians in xyz
+   -> ``<run>/mapping/language_field.pt``, tagged with a hash of everything it was computed from.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from arguments import Config
+from scene.dataset import SceneData
+from scene.gaussian_model import load_ply
+from scene.language_features import check_folder, check_ids, load_clip, load_seg
+from scene.mapping import PairCollector, fit_mlp, inputs_hash, kernel_mapping, mlp_mapping, smooth_knn
+
+from .instance import render_features
+from .rundir import StageError
+
+STAGE = "mapping"
+FIELD_VERSION = 1
+
+
+def instance_source(run_dir: Path) -> Path:
+    ply = Path(run_dir) / "instance" / "point_cloud.ply"
+    if not ply.is_file():
+        raise StageError(f"{ply} not found: run `python train.py --stage instance -m {run_dir}` first")
+    return ply
+
+
+def load_instance_model(run_dir: Path, device) -> dict:
+    params = load_ply(instance_source(run_dir), device=device)
+    if "ins_feat" not in params:
+        raise StageError(f"{instance_source(run_dir)} has no semantic_* properties (not an instance-field PLY)")
+    return params
+
+
+@torch.no_grad()
+def collect_pairs(cfg: Config, scene: SceneData, params: dict) -> dict:
+    m = cfg.mapping
+    folder = cfg.instance.features_folder
+    check_folder(scene.source_path, scene.all_cameras, folder)
+    frozen = {k: v for k, v in params.items() if k != "ins_feat"}
+    collector = PairCollector()
+    for cam in tqdm(scene.all_cameras, desc="mapping: pairs", disable=not cfg.run.progress, dynamic_ncols=True):
+        feat_map, _ = render_features(frozen, params["ins_feat"], cam, cfg)
+        seg = load_seg(scene.source_path, cam, m.sam_level, folder).to(feat_map.device)
+        clip = load_clip(scene.source_path, cam, folder).to(feat_map.device)
+        check_ids(seg, clip.shape[0], f"{scene.source_path}/{folder}/{cam.image_name}_s.npy")
+        collector.add_view(feat_map, seg, clip)
+    pairs = collector.result()
+    if pairs["feature"].shape[0] == 0:
+        raise StageError(f"{scene.source_path}/{folder}: no SAM masks at level {m.sam_level} in any view")
+    return pairs
+
+
+def field_hash(cfg: Config, params: dict, pairs: dict) -> str:
+    """What the language field depends on: the instance features, the positions (smoothing), the pairs
+    and every mapping setting that changes the result."""
+    m = cfg.mapping
+    settings = {"v": FIELD_VERSION, "kind": m.kind, "top_k": m.top_k, "sigma": m.sigma, "smooth_k": m.smooth_k,
+                "mlp": [m.mlp_epochs, m.mlp_lr, m.mlp_batch_size, list(m.mlp_hidden), m.mlp_cos_weight],
+                "seed": cfg.run.seed}
+    return inputs_hash(params["ins_feat"], params["means"], pairs["feature"], pairs["clip"], settings)
+
+
+def compute_language_field(cfg: Config, params: dict, pairs: dict) -> torch.Tensor:
+    """[N, C] unit language feature per Gaussian."""
+    m = cfg.mapping
+    feats = params["ins_feat"]
+    anchors = pairs["feature"].to(feats.device)
+    clips = pairs["clip"].to(feats.device)
+    if m.kind == "kernel":
+        lang = kernel_mapping(feats, anchors, clips, top_k=m.top_k, sigma=m.sigma, chunk_size=m.chunk_size)
+    elif m.kind == "mlp":
+        model = fit_mlp(anchors, clips, epochs=m.mlp_epochs, lr=m.mlp_lr, batch_size=m.mlp_batch_size,
+                        cos_weight=m.mlp_cos_weight, hidden=tuple(m.mlp_hidden), seed=cfg.run.seed,
+                        progress=cfg.run.progress)
+        lang = mlp_mapping(model, feats, chunk_size=m.chunk_size)
+    else:
+        raise StageError(f"mapping.kind must be 'kernel' or 'mlp', got {m.kind!r}")
+    if m.smooth_k > 1:
+        lang = smooth_knn(params["means"], lang, k=m.smooth_k, chunk_size=m.chunk_size)
+    return lang
+
+
+def run_mapping(cfg: Config, run_dir: Path, scene: SceneData, device) -> dict:
+    out_dir = Path(run_dir) / STAGE
+    t0 = time.time()
+    params = load_instance_model(run_dir, device)
+    pairs = collect_pairs(cfg, scene, params)
+    torch.save({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in pairs.items()}, out_dir / "pairs.pt")
+    t1 = time.time()
+    lang = compute_language_field(cfg, params, pairs)
+    torch.save({"version": FIELD_VERSION, "hash": field_hash(cfg, params, pairs), "kind": cfg.mapping.kind,
+                "language": lang.half().cpu()}, out_dir / "language_field.pt")
+    return {"n_pairs": int(pairs["feature"].shape[0]), "median_distance": float(pairs["median_distance"]),
+            "n_gaussians": int(lang.shape[0]), "kind": cfg.mapping.kind,
+            "seconds_pairs": round(t1 - t0, 1), "seconds_field": round(time.time() - t1, 1)}
+
+
+def load_language_field(cfg: Config, run_dir: Path, params: dict) -> tuple[torch.Tensor, float]:
+    """The cached language field and d; recomputed (and re-cached) when its inputs changed."""
+    out_dir = Path(run_dir) / STAGE
+    if not (out_dir / "pairs.pt").is_file():
+        raise StageError(f"{out_dir / 'pairs.pt'} not found: run `python train.py --stage mapping -m {run_dir}` first")
+    pairs = torch.load(out_dir / "pairs.pt", map_location="cpu", weights_only=True)
+    want = field_hash(cfg, params, pairs)
+    path = out_dir / "language_field.pt"
+    cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if cached is None or cached.get("hash") != want:
+        print(f"[query] {path.name} is missing or stale (instance field or mapping settings changed): recomputing")
+        lang = compute_language_field(cfg, params, pairs)
+        torch.save({"version": FIELD_VERSION, "hash": want, "kind": cfg.mapping.kind, "language": lang.half().cpu()},
+                   path)
+    else:
+        lang = cached["language"]
+    return lang.to(params["means"].device).float(), float(pairs["median_distance"])
