@@ -27,6 +27,14 @@ from stages.rundir import StageError, begin_stage, mark_done, resolve_device, se
 STAGES = ("rgb", "instance", "mapping")
 
 
+def feature_files(scene, cfg, *suffixes) -> list[Path]:
+    """The scene's SAM/CLIP files a stage reads (part of its input fingerprint: regenerated features
+    make its outputs stale). Missing files are reported by the stage itself."""
+    folder = Path(scene.source_path) / cfg.instance.features_folder
+    return [p for c in scene.all_cameras for sfx in suffixes
+            if (p := folder / f"{c.image_name}{sfx}.npy").is_file()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", required=True, choices=STAGES, help="which stage to train")
@@ -88,7 +96,7 @@ def run(args) -> int:
         geometry_source(run_dir)  # fail early, before writing anything, if stage 0 is missing
         scene = scene_with_holdout(cfg.instance.holdout_offset)
         if not begin_stage(run_dir, "instance", cfg, ["data", "instance"], meta, force=args.force,
-                           inputs=[geometry_source(run_dir)]):
+                           inputs=[geometry_source(run_dir), *feature_files(scene, cfg, "_s")]):
             print(f"[instance] already finished in {run_dir / 'instance'} (use --force to retrain)")
             return 0
         seed_everything(cfg.run.seed)
@@ -103,7 +111,7 @@ def run(args) -> int:
         instance_source(run_dir)
         scene = scene_with_holdout(-1)  # every view contributes pairs (COS3D builds this scene with eval=False)
         if not begin_stage(run_dir, "mapping", cfg, ["data", "instance", "mapping"], meta, force=args.force,
-                           inputs=[instance_source(run_dir)]):
+                           inputs=[instance_source(run_dir), *feature_files(scene, cfg, "_s", "_f")]):
             print(f"[mapping] already finished in {run_dir / 'mapping'} (use --force to redo)")
             return 0
         seed_everything(cfg.run.seed)

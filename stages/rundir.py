@@ -106,8 +106,11 @@ def begin_stage(run_dir: Path, stage: str, cfg: Config, sections: list[str], met
     fp = fingerprint(inputs)
     if saved.is_file() and not force:
         _, old_meta = read_saved_config(saved)
-        if old_meta.get("inputs", fp) != fp:
-            print(f"[{stage}] its inputs changed since it ran ({', '.join(map(str, inputs))}): starting it over")
+        old_fp = old_meta.get("inputs", fp)
+        if old_fp != fp:
+            changed = sorted(k for k in set(old_fp) | set(fp) if old_fp.get(k) != fp.get(k))
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            print(f"[{stage}] its inputs changed since it ran ({', '.join(changed[:3])}{more}): starting it over")
             force = True
     if force and sdir.exists():
         for f in ("done.json", "ckpt.pt"):

@@ -12,6 +12,7 @@ from preprocess.synthetic.__main__ import main as cli_main
 from preprocess.synthetic.generate import label_frame_indices
 from preprocess.synthetic.labels import rasterize_polygons
 from preprocess.synthetic.layout import REGION_NAMES
+from preprocess.synthetic.masks import image_gap_direction, to_image_space
 from preprocess.synthetic.raycast import Primitive, camera_rays, cast
 from preprocess.synthetic.render import id_buffers
 from scene.cameras import intrinsics, look_at
@@ -102,7 +103,9 @@ def test_clean_levels_match_ray_caster(clean):
     cfg = make_config("clean", SMALL)
     layout, cams = build_scene(5, cfg)
     enc = HashTextEncoder()
+    c = cfg.noise.image_text_cos
     name_vec = enc.encode_numpy([o.name for o in layout.objects])
+    name_img = to_image_space(name_vec, c)
     min_area = max(int(round(cfg.min_mask_frac * 64 * 48)), 4)
     for vi, cam in enumerate(cams):
         _, obj, part, region = id_buffers(layout, cam)
@@ -119,19 +122,22 @@ def test_clean_levels_match_ray_caster(clean):
                 continue
             ids = np.unique(l3[m])
             assert ids.size == 1 and np.array_equal(l3 == ids[0], m)
-            assert np.allclose(f[ids[0]], name_vec[o], atol=1e-6)
+            assert np.allclose(f[ids[0]], name_img[o], atol=1e-6)
         for r in REGION_NAMES:
             m = region == r
             if 0 < m.sum() < min_area:
                 expect_unmasked |= m
             elif m.any():
-                assert np.allclose(f[l3[m][0]], enc.encode_numpy([REGION_NAMES[r]])[0], atol=1e-6)
+                assert np.allclose(f[l3[m][0]], to_image_space(enc.encode_numpy([REGION_NAMES[r]])[0], c), atol=1e-6)
         assert np.array_equal(l3 < 0, expect_unmasked)
         # level s: parts carry the object name (plus a part word)
         l1 = s[1].astype(int)
         for o in np.unique(obj[(obj >= 0) & (l1 >= 0)]):
             rows = np.unique(l1[(obj == o) & (l1 >= 0)])
-            assert np.all(f[rows] @ name_vec[o] > 0.75)
+            g = image_gap_direction(f.shape[1])
+            text_side = f[rows] - np.outer(f[rows] @ g, g)  # remove the modality-gap component
+            text_side /= np.linalg.norm(text_side, axis=1, keepdims=True)
+            assert np.all(text_side @ name_vec[o] > 0.7)
 
 
 def test_gt_masks_equal_ray_caster(scene):
@@ -317,7 +323,8 @@ def test_per_view_noise_decisions(tmp_path, per_view):
     kw = {"noise.over_seg": 0.5, "noise.per_view": per_view}
     d = _gen(tmp_path, preset="clean", seed=11, **kw)
     layout, cams = build_scene(11, make_config("clean", dict(SMALL, **kw)))
-    name_vec = HashTextEncoder().encode_numpy([o.name for o in layout.objects])
+    name_vec = to_image_space(HashTextEncoder().encode_numpy([o.name for o in layout.objects]),
+                              make_config("clean", SMALL).noise.image_text_cos)
     status = {}
     for cam in cams:
         _, obj, _, _ = id_buffers(layout, cam)

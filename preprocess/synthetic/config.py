@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: CLIP-like image/text cosine (image_text_cos)
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,10 @@ class NoiseKnobs:
                                     # renormalising (per-component std clip_noise / sqrt(512))
     clip_confusion: float = 0.05    # P(a mask gets a neighbour's vector or the generic "object" one)
     part_weight: float = 0.6        # weight of the part word in a part mask's vector (name + w * part)
+    image_text_cos: float = 0.3     # CLIP's modality gap: a mask vector is unit(c * text-side vector +
+                                    # sqrt(1-c^2) * a fixed "image" direction), so a matching image-text
+                                    # pair has cosine ~c (~0.3 for OpenCLIP ViT-B-16), as in real CLIP;
+                                    # 1.0 = vectors in text space (relevancy then saturates)
     background_masks: float = 0.7   # P(a background region (table, floor, wall, sky) gets a mask)
     background_misleading: float = 0.10  # P(a background mask gets an object's vector, not a generic one)
     per_view: bool = True           # draw the segmentation decisions independently in every view
@@ -36,6 +40,9 @@ class NoiseKnobs:
             elif f.name == "per_view":
                 if not isinstance(v, bool):
                     raise ValueError(f"noise knob per_view must be true/false, got {v!r}")
+            elif f.name == "image_text_cos":
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0.0 < v <= 1.0):
+                    raise ValueError(f"noise knob image_text_cos must be in (0, 1], got {v!r}")
             elif f.name in ("clip_noise", "part_weight"):
                 if not isinstance(v, (int, float)) or not (0 <= v <= 100):
                     raise ValueError(f"noise knob {f.name} must be a number in [0, 100], got {v!r}")

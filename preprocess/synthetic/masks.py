@@ -59,6 +59,19 @@ def _unit(v):
     return v / np.linalg.norm(v)
 
 
+def image_gap_direction(dim: int) -> np.ndarray:
+    """The fixed unit "image modality" direction (the same for every scene and seed)."""
+    return _unit(np.random.default_rng(0x1A6E).standard_normal(dim))
+
+
+def to_image_space(v: np.ndarray, c: float) -> np.ndarray:
+    """unit(c * unit(v) + sqrt(1 - c^2) * gap): a CLIP-like image embedding of text-side vector(s) ``v``
+    [..., dim] whose cosine with the text vector is ~c (the modality gap of real CLIP)."""
+    v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    out = c * v + np.sqrt(max(1.0 - c * c, 0.0)) * image_gap_direction(v.shape[-1])
+    return out / np.linalg.norm(out, axis=-1, keepdims=True)
+
+
 def _pieces(o, kind, view, layout):
     """List of (pixel mask [H,W] bool, part words) of object ``o`` for a decomposition kind:
     'whole', 'groups' (m), 'parts' (s)."""
@@ -203,6 +216,6 @@ def build_language_features(view: ViewRender, layout: SyntheticLayout, bank: Vec
             s_out[level][pix] = offset + i
             if knobs.clip_noise > 0:
                 v = v + knobs.clip_noise * noise_rng.standard_normal(dim) / np.sqrt(dim)
-            rows.append(_unit(v))
+            rows.append(to_image_space(v, knobs.image_text_cos))
     f = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
     return s_out, f
