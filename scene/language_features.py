@@ -35,6 +35,27 @@ def check_folder(source_path, cameras, folder: str = "language_features") -> Non
         raise FileNotFoundError(
             f"{d}: no _s.npy/_f.npy for {len(missing)} of {len(cameras)} views (e.g. {missing[:3]}); "
             f"re-run the preprocessing for this scene")
+    for c in cameras:  # sizes from the .npy headers only (memory-mapped, nothing is read)
+        s_path, _ = feature_paths(source_path, c.image_name, folder)
+        try:
+            shape = np.load(s_path, mmap_mode="r").shape
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{s_path}: cannot read ({e})") from None
+        if len(shape) != 3:
+            raise ValueError(f"{s_path}: expected a [levels, H, W] id map, got shape {shape}")
+        _check_size(shape[1], shape[2], c, s_path)
+
+
+def _check_size(h: int, w: int, camera, s_path) -> None:
+    """A map must be at the view's size, or at a larger size of the same aspect (native images)."""
+    if (h, w) == (camera.height, camera.width):
+        return
+    same_aspect = abs(w / h - camera.width / camera.height) < 0.02
+    if not same_aspect or w < camera.width:
+        raise ValueError(
+            f"{s_path}: id map is {w}x{h} but the view {camera.image_name} is rendered at "
+            f"{camera.width}x{camera.height}; the features were made from other images "
+            f"(re-run the preprocessing)")
 
 
 def _load(path: Path) -> np.ndarray:
@@ -56,12 +77,7 @@ def load_seg(source_path, camera, level: int = 3, folder: str = "language_featur
     seg = torch.from_numpy(np.ascontiguousarray(s[level])).round().to(torch.int64)
     h, w = seg.shape
     if (h, w) != (camera.height, camera.width):
-        same_aspect = abs(w / h - camera.width / camera.height) < 0.02
-        if not same_aspect or w < camera.width:
-            raise ValueError(
-                f"{s_path}: id map is {w}x{h} but the view {camera.image_name} is rendered at "
-                f"{camera.width}x{camera.height}; the features were made from other images "
-                f"(re-run the preprocessing)")
+        _check_size(h, w, camera, s_path)
         seg = F.interpolate(seg[None, None].float(), size=(camera.height, camera.width),
                             mode="nearest")[0, 0].to(torch.int64)
     return seg
