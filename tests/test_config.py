@@ -70,3 +70,12 @@ def test_save_and_parse_back(tmp_path):
     save_config(cfg, tmp_path / "config.yaml", meta={"git": "abc", "argfiles": []})
     back, meta = read_saved_config(tmp_path / "config.yaml")
     assert dataclasses.asdict(back) == dataclasses.asdict(cfg) and meta["git"] == "abc"
+
+
+def test_every_shipped_argument_file_loads_and_changes_something():
+    files = sorted(DEFAULT_YAML.parent.glob("*.yaml")) + sorted(DEFAULT_YAML.parent.glob("ablations/*.yaml"))
+    files = [f for f in files if f != DEFAULT_YAML]
+    assert len(files) >= 12
+    base = to_dict(Config())
+    for f in files:
+        assert to_dict(load_config([f])) != base, f
