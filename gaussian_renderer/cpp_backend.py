@@ -75,6 +75,8 @@ def _load() -> None:
         if not hasattr(torch.ops, "cos3d_raster") or not hasattr(torch.ops.cos3d_raster, "rasterize_fwd"):
             import warnings
 
+            # its import logs "No CUDA runtime is found, using CUDA_HOME=..." on CPU machines: not our concern
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             from torch.utils import cpp_extension
             build = _build_dir()
             build.mkdir(parents=True, exist_ok=True)

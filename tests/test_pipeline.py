@@ -19,7 +19,7 @@ SMALL = {"n_views": 16, "width": 96, "height": 72, "n_objects": 5, "n_labelled":
 FAST = ["--set", "rgb.iterations=500", "--set", "rgb.eval_every=0", "--set", "rgb.checkpoint_every=0",
         "--set", "rgb.densify.refine_start_iter=100", "--set", "rgb.densify.refine_stop_iter=350",
         "--set", "rgb.densify.reset_every=100000", "--set", "rgb.sh_degree_interval=150",
-        "--set", "instance.iterations=600", "--set", "instance.preview_every=300",
+        "--set", "instance.iterations=1500", "--set", "instance.preview_every=750",
         "--set", "instance.checkpoint_every=0", "--set", "run.progress=false"]
 
 
@@ -57,7 +57,7 @@ def test_query_render_eval(pipeline, capsys):
     assert scene["units"] == sum(len(v) for v in expected["frames"].values())
     assert scene["missing"] == 0
     # a clean scene on a short CPU schedule: far above chance (a random selection scores ~0-5 mIoU)
-    assert scene["mIoU"] > 40, scene
+    assert scene["mIoU"] > 45, scene  # measured: 61 (d = 0.13 after 1500 steps; 15 after 600)
 
 
 def test_table_encoder_and_unknown_query(pipeline, capsys):
