@@ -14,7 +14,13 @@ L2-normalised (on the CPU; callers move it to their device). Three kinds, chosen
 * ``"table"``: :class:`TableTextEncoder`, precomputed vectors looked up by phrase from a JSON
   file ``{phrase: [floats]}`` (the shape of OpenGaussian's ``text_features.json``) or a ``.pt``
   file holding a dict ``{phrase: tensor/list}``.
-* ``"openclip"``: the real OpenCLIP ViT-B-16 encoder; it arrives with the real preprocessing.
+* ``"openclip"``: :class:`OpenCLIPTextEncoder`, the real OpenCLIP ViT-B-16 (laion2b_s34b_b88k) text
+  tower, weights from a local file in ``ckpt_dir`` (default ``$CKPT_DIR`` or ``<repo>/ckpts``; see
+  ``ckpts/README.md``). Phrases are encoded once per object (dict cache) and optionally cached on
+  disk (``cache_path``, a ``.pt`` keyed by model, precision and the weights' sha256).
+
+Image encoders (``ImageEncoder``: ``encode(crops uint8 [M, 224, 224, 3]) -> float32 [M, dim]``)
+live with the preprocessing: ``preprocess.clip_features.OpenCLIPImageEncoder``.
 """
 from __future__ import annotations
 
@@ -37,6 +43,15 @@ class TextEncoder(Protocol):
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         """``texts``: Q phrases -> float32 ``[Q, dim]``, rows L2-normalised."""
+        ...
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    dim: int
+
+    def encode(self, crops) -> torch.Tensor:
+        """``crops``: uint8 ``[M, 224, 224, 3]`` RGB -> float32 ``[M, dim]``, rows L2-normalised."""
         ...
 
 
@@ -220,23 +235,128 @@ def save_text_table(path: Union[str, Path], table: dict) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# OpenCLIP encoder
+# ---------------------------------------------------------------------------------------------
+class OpenCLIPTextEncoder:
+    """OpenCLIP text tower (LangSplat / COS3D: ``ViT-B-16``, ``laion2b_s34b_b88k``, fp16 on CUDA).
+
+    ``encode(texts)``: open_clip's tokenizer for ``model`` (its BPE vocabulary ships with the
+    package) -> ``encode_text`` -> L2-normalised -> float32 ``[Q, dim]`` on the CPU. Weights:
+    ``weights`` (a file, or a file name inside ``ckpt_dir``) or else the first of
+    ``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin`` in ``ckpt_dir`` (default
+    ``$CKPT_DIR`` or ``<repo>/ckpts``). Nothing is downloaded. The model is loaded on the first
+    phrase that is not cached.
+
+    Caches: every phrase encoded by this object is kept in a dict. With ``cache_path`` the vectors
+    also go to a ``.pt`` file ``{"<model>|<precision>|<weights sha256>": {phrase: float32 [dim]}}``
+    (written via a temp file + rename), so other weights or another precision never reuse them.
+    ``negatives``: LERF's canonical negative phrases.
+    """
+
+    negatives = CANONICAL_NEGATIVES
+
+    def __init__(self, ckpt_dir=None, model: str = "ViT-B-16", weights=None, device="auto",
+                 precision: str = "auto", cache_path=None, batch_size: int = 256):
+        from preprocess.clip_features import pick_device, resolve_precision
+        from preprocess.weights import find_openclip_weights, offline_hub, sha256_file
+
+        offline_hub()
+        import open_clip
+
+        cfg = open_clip.get_model_config(model)
+        if cfg is None:
+            raise ValueError(f"text encoder 'openclip': unknown OpenCLIP model {model!r} (e.g. ViT-B-16)")
+        if int(batch_size) < 1:
+            raise ValueError(f"text encoder 'openclip': batch_size must be >= 1, got {batch_size}")
+        self.model_name = model
+        self.weights_path = find_openclip_weights(ckpt_dir, weights)
+        self.sha256 = sha256_file(self.weights_path)
+        self.device = pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.dim = int(cfg["embed_dim"])
+        self.batch_size = int(batch_size)
+        self.cache_key = f"{model}|{self.precision}|{self.sha256}"
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        self.model_calls = 0  # number of encode_text forward passes (tests / logging)
+        self._model = None
+        self._tokenizer = None
+        self._cache: dict[str, torch.Tensor] = {}
+        if self.cache_path is not None and self.cache_path.is_file():
+            self._cache.update(self._read_disk().get(self.cache_key, {}))
+
+    # -- disk cache ----------------------------------------------------------------------------
+    def _read_disk(self) -> dict:
+        try:
+            data = torch.load(self.cache_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"text cache {self.cache_path}: cannot read ({type(e).__name__}); delete it") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"text cache {self.cache_path}: not a dict; delete it")
+        table = data.get(self.cache_key, {})
+        for k, v in table.items():
+            if not isinstance(k, str) or not torch.is_tensor(v) or tuple(v.shape) != (self.dim,):
+                raise ValueError(f"text cache {self.cache_path}: entry {k!r} is not a [{self.dim}] vector; delete it")
+        data[self.cache_key] = {k: v.to(torch.float32) for k, v in table.items()}
+        return data
+
+    def _write_disk(self) -> None:
+        data = self._read_disk() if self.cache_path.is_file() else {}
+        data[self.cache_key] = dict(self._cache)
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.cache_path.with_name(f".{self.cache_path.name}.tmp")
+        torch.save(data, tmp)
+        tmp.replace(self.cache_path)
+
+    # -- model ---------------------------------------------------------------------------------
+    def _load(self) -> None:
+        import open_clip
+
+        from preprocess.clip_features import load_openclip
+
+        self._model = load_openclip(self.model_name, self.weights_path, self.device, self.precision)
+        self._tokenizer = open_clip.get_tokenizer(self.model_name)
+
+    @torch.no_grad()
+    def _run_model(self, texts: list[str]) -> torch.Tensor:
+        if self._model is None:
+            self._load()
+        out = []
+        for s in range(0, len(texts), self.batch_size):
+            tokens = self._tokenizer(texts[s:s + self.batch_size]).to(self.device)
+            e = self._model.encode_text(tokens)                     # [B, dim] in the model precision
+            e = e / e.norm(dim=-1, keepdim=True)
+            out.append(e.to(torch.float32).cpu())
+            self.model_calls += 1
+        e = torch.cat(out)
+        return e / e.norm(dim=-1, keepdim=True)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """``texts``: Q phrases -> float32 ``[Q, dim]``, rows L2-normalised."""
+        texts = _check_texts(texts)
+        if not texts:
+            return torch.zeros((0, self.dim), dtype=torch.float32)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            for t, v in zip(missing, self._run_model(missing)):
+                self._cache[t] = v.clone()
+            if self.cache_path is not None:
+                self._write_disk()
+        return torch.stack([self._cache[t] for t in texts])
+
+
+# ---------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------
-def _build_openclip(**kwargs):
-    raise NotImplementedError("text encoder 'openclip' (OpenCLIP ViT-B-16 laion2b_s34b_b88k) arrives with "
-                              "real preprocessing; use 'hash' for synthetic scenes or 'table' with a "
-                              "text_features.json")
-
-
 TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
     "hash": HashTextEncoder,
     "table": TableTextEncoder,
-    "openclip": _build_openclip,
+    "openclip": lambda **kw: OpenCLIPTextEncoder(**kw),
 }
 
 
 def build_text_encoder(kind: str, **kwargs) -> TextEncoder:
-    """``"hash"`` (dim=512, shared=0.2) | ``"table"`` (path=...) | ``"openclip"`` (not yet)."""
+    """``"hash"`` (dim=512, shared=0.2) | ``"table"`` (path=...) | ``"openclip"`` (ckpt_dir=None,
+    model="ViT-B-16", weights=None, device="auto", precision="auto", cache_path=None, batch_size=256)."""
     builder = TEXT_ENCODERS.get(kind)
     if builder is None:
         raise ValueError(f"unknown text encoder {kind!r}; choose one of {sorted(TEXT_ENCODERS)}")

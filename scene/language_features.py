@@ -47,11 +47,11 @@ def check_folder(source_path, cameras, folder: str = "language_features") -> Non
 
 
 def _check_size(h: int, w: int, camera, s_path) -> None:
-    """A map must be at the view's size, or at a larger size of the same aspect (native images)."""
+    """A map must be at the view's size, or at another size of the same aspect (it is then resized with
+    nearest neighbour, as COS3D does: LangSplat caps images at 1080 px high, 3DGS at 1600 px wide)."""
     if (h, w) == (camera.height, camera.width):
         return
-    same_aspect = abs(w / h - camera.width / camera.height) < 0.02
-    if not same_aspect or w < camera.width:
+    if abs(w / h - camera.width / camera.height) >= 0.02:
         raise ValueError(
             f"{s_path}: id map is {w}x{h} but the view {camera.image_name} is rendered at "
             f"{camera.width}x{camera.height}; the features were made from other images "
@@ -68,8 +68,8 @@ def _load(path: Path) -> np.ndarray:
 def load_seg(source_path, camera, level: int = 3, folder: str = "language_features") -> torch.Tensor:
     """The level's id map at the camera's resolution, int64 [H, W].
 
-    A map at the image's native size is resized to a downscaled camera with nearest neighbour
-    (COS3D ``scene/cameras.py``); any other size mismatch is an error (features made from other images)."""
+    A map of another size but the same aspect is resized with nearest neighbour (COS3D
+    ``scene/cameras.py``); another aspect is an error (features made from other images)."""
     s_path, _ = feature_paths(source_path, camera.image_name, folder)
     s = _load(s_path)
     if s.ndim != 3 or not 0 <= level < s.shape[0]:

@@ -25,8 +25,9 @@ config_flags "${argfiles[@]}"
 force=()
 [[ "${FORCE:-0}" == "1" ]] && force=(--force)
 
-if [[ ! -d "$src/language_features" ]]; then
-  echo "[train.sh] $src has no language_features/: running SAM + CLIP preprocessing"
+# no features yet, or our own preprocessing's folder (it resumes an interrupted run and is a no-op when complete)
+if [[ ! -d "$src/language_features" || -f "$src/language_features/manifest.json" ]]; then
+  echo "[train.sh] SAM + CLIP preprocessing of $src (resumes / skips finished images)"
   "$PYTHON" -m preprocess.run -s "$src" --ckpt_dir "$CKPT_DIR"
 fi
 cd "$REPO"

@@ -58,11 +58,14 @@ def query_file(run_dir: Path, query: str) -> Path:
     return Path(run_dir) / "queries" / f"{query}.npy"
 
 
-def build_encoder(cfg: Config):
+def build_encoder(cfg: Config, run_dir: Path | None = None):
     q = cfg.query
     if q.text_encoder == "table":
         path = q.text_table or str(Path(cfg.data.source_path) / "text_features.json")
         return build_text_encoder("table", path=path)
+    if q.text_encoder == "openclip":  # weights from $CKPT_DIR or <repo>/ckpts; phrases cached per run
+        cache = Path(run_dir) / "queries" / "text_cache.pt" if run_dir is not None else None
+        return build_text_encoder("openclip", cache_path=cache)
     return build_text_encoder(q.text_encoder)
 
 
@@ -70,7 +73,7 @@ def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:
     q = cfg.query
     params = load_instance_model(run_dir, device)
     lang, d = load_language_field(cfg, run_dir, params)
-    enc = build_encoder(cfg)
+    enc = build_encoder(cfg, run_dir)
     pos = enc.encode(list(queries)).to(device)
     neg = enc.encode(list(q.negatives)).to(device)
     feats = F.normalize(params["ins_feat"], dim=-1)

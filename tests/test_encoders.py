@@ -93,11 +93,12 @@ def test_table_errors(tmp_path):
         TableTextEncoder(bad)
 
 
-def test_registry():
+def test_registry(tmp_path):
     assert isinstance(build_text_encoder("hash"), HashTextEncoder)
     assert build_text_encoder("hash", dim=64).encode(["x"]).shape == (1, 64)
-    with pytest.raises(NotImplementedError, match="arrives with real preprocessing"):
-        build_text_encoder("openclip")
+    # the real encoder loads local weights only: an empty checkpoint folder is a clear error on first use
+    with pytest.raises(FileNotFoundError, match="open_clip"):
+        build_text_encoder("openclip", ckpt_dir=tmp_path).encode(["red apple"])
     with pytest.raises(ValueError, match="unknown text encoder 'clip'"):
         build_text_encoder("clip")
     with pytest.raises(ValueError, match="needs path"):

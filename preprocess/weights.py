@@ -1,0 +1,139 @@
+"""Local weight files for the real preprocessing: lookup, sha256, and errors that say where to get them.
+
+Nothing here touches the network. The files live in a checkpoint folder (``--ckpt_dir``; default
+``$CKPT_DIR`` or ``<repo>/ckpts``), see ``ckpts/README.md``:
+
+* SAM: ``sam_vit_h_4b8939.pth`` (LangSplat's model; ViT-L / ViT-B optional), a plain
+  ``state_dict`` saved with ``torch.save``;
+* OpenCLIP ViT-B-16 ``laion2b_s34b_b88k``: ``open_clip_model.safetensors`` or
+  ``open_clip_pytorch_model.bin`` from the Hugging Face repo ``laion/CLIP-ViT-B-16-laion2B-s34B-b88K``.
+
+Sizes and hashes are the ones in spec ``langsplat_preprocess.md`` §4. The SAM numbers come from
+third-party code (UNVERIFIED); they are only shown in messages, never enforced: the manifest
+records the sha256 of the file actually used.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+REPO = Path(__file__).resolve().parents[1]
+
+SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+SAM_PAGE = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+OPENCLIP_REPO = "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"
+OPENCLIP_PAGE = f"https://huggingface.co/{OPENCLIP_REPO}/tree/main"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str                 # file name inside the checkpoint folder
+    source: str               # where to download it
+    size: Optional[int]       # bytes (None: unknown)
+    sha256: Optional[str]     # expected hash as published by third parties (informational)
+    verified: bool            # were size/sha256 checked against a download? (no, for all below)
+
+
+# spec §4.1 (sizes / sha256 UNVERIFIED: third-party tables, Meta publishes none)
+SAM_CHECKPOINTS: dict[str, WeightFile] = {
+    "vit_h": WeightFile("sam_vit_h_4b8939.pth", SAM_URL + "sam_vit_h_4b8939.pth", 2_564_550_879,
+                        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", False),
+    "vit_l": WeightFile("sam_vit_l_0b3195.pth", SAM_URL + "sam_vit_l_0b3195.pth", 1_249_524_607,
+                        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", False),
+    "vit_b": WeightFile("sam_vit_b_01ec64.pth", SAM_URL + "sam_vit_b_01ec64.pth", 375_042_383,
+                        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", False),
+}
+# spec §4.2 (sha256 from the HF blob pages; both files ~599 MB, exact byte counts UNVERIFIED).
+# open_clip itself prefers the safetensors file when both exist; so do we.
+OPENCLIP_FILES: tuple[WeightFile, ...] = (
+    WeightFile("open_clip_model.safetensors",
+               f"https://huggingface.co/{OPENCLIP_REPO}/blob/main/open_clip_model.safetensors", None,
+               "3f25d29d3cc74e1d25d47e0593b4dd0864ced1e9b4d8e486a247ca4502f227f1", False),
+    WeightFile("open_clip_pytorch_model.bin",
+               f"https://huggingface.co/{OPENCLIP_REPO}/blob/main/open_clip_pytorch_model.bin", None,
+               "1f16b1274ca25493b1f36225efe81d05f66a3f33c487acd1a07c5ba87920de6f", False),
+)
+DEFAULT_CLIP_MODEL = "ViT-B-16"
+DEFAULT_CLIP_TAG = "laion2b_s34b_b88k"
+
+
+class WeightsError(ValueError):
+    """A weights file exists but cannot be used (unreadable, or not the named architecture)."""
+
+
+def default_ckpt_dir() -> Path:
+    """``$CKPT_DIR`` if set, else ``<repo>/ckpts``."""
+    env = os.environ.get("CKPT_DIR")
+    return Path(env) if env else REPO / "ckpts"
+
+
+def _missing(path: Path, what: str, source: str) -> FileNotFoundError:
+    return FileNotFoundError(f"{what} weights not found: {path} (download it from {source}; "
+                             f"see ckpts/README.md; nothing is fetched automatically)")
+
+
+def find_sam_checkpoint(model_type: str, ckpt_dir=None, path: Union[str, Path, None] = None) -> Path:
+    """The SAM ``state_dict`` file: ``path`` if given, else ``<ckpt_dir>/<official name>``."""
+    info = SAM_CHECKPOINTS.get(model_type)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise _missing(p, f"SAM {model_type}", info.source if info else SAM_PAGE)
+        return p
+    if info is None:
+        raise FileNotFoundError(f"SAM model type {model_type!r} has no default checkpoint file "
+                                f"(known: {sorted(SAM_CHECKPOINTS)}); pass --sam_checkpoint <file>")
+    p = Path(ckpt_dir if ckpt_dir is not None else default_ckpt_dir()) / info.name
+    if not p.is_file():
+        raise _missing(p, f"SAM {model_type}", f"{info.source} (listed on {SAM_PAGE})")
+    return p
+
+
+def find_openclip_weights(ckpt_dir=None, path: Union[str, Path, None] = None) -> Path:
+    """The OpenCLIP weights: ``path`` if given (absolute, or relative to ``ckpt_dir`` when it is
+    a bare name found there), else the first of ``OPENCLIP_FILES`` present in ``ckpt_dir``."""
+    d = Path(ckpt_dir if ckpt_dir is not None else default_ckpt_dir())
+    if path is not None:
+        p = Path(path)
+        if not p.is_file() and not p.is_absolute() and (d / p).is_file():
+            p = d / p
+        if not p.is_file():
+            raise _missing(p, "OpenCLIP", OPENCLIP_PAGE)
+        return p
+    for f in OPENCLIP_FILES:
+        if (d / f.name).is_file():
+            return d / f.name
+    names = " or ".join(f.name for f in OPENCLIP_FILES)
+    raise FileNotFoundError(f"OpenCLIP ViT-B-16 ({DEFAULT_CLIP_TAG}) weights not found: neither "
+                            f"{names} is in {d} (download one from {OPENCLIP_PAGE}; see "
+                            f"ckpts/README.md; nothing is fetched automatically)")
+
+
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def sha256_file(path: Union[str, Path], chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file; cached per (resolved path, size, mtime) within the process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(chunk), b""):
+                h.update(block)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def offline_hub() -> None:
+    """Belt and braces: forbid Hugging Face hub downloads in this process (we always pass a file path)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:  # huggingface_hub reads the variable at import time; update its constant too if loaded
+        import huggingface_hub.constants as hc
+        hc.HF_HUB_OFFLINE = True
+    except Exception:  # not installed / layout changed: the env variable is all we can do
+        pass
