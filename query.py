@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
-from arguments import ConfigError, apply_argfiles, apply_overrides, read_saved_config
-from stages.rundir import StageError, resolve_device, seed_everything
+from stages.cli import add_run_config_args, load_run_config, run_cli
+from stages.rundir import resolve_device, seed_everything
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a text query; repeatable (default: the labelled categories of the scene)")
     p.add_argument("--export", action="store_true",
                    help="also write <run>/queries/<query>.ply: the selected Gaussians as a standard 3DGS PLY")
-    p.add_argument("-c", "--config", action="append", default=[], metavar="ARGFILE",
-                   help="argument file(s) applied over the run's saved config (e.g. arguments/ablations/language_only.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
-                   help="override one config value, e.g. --set query.mode=language_only")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_run_config_args(p)
     return p
 
 
@@ -42,12 +37,7 @@ def run(args) -> int:
     from stages.query import default_queries, query_file, run_queries
 
     run_dir = Path(args.model_path)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise StageError(f"{cfg_path} not found: train this run first (bash script/train.sh)")
-    cfg, _ = read_saved_config(cfg_path)
-    apply_argfiles(cfg, args.config)  # argument files override the run's saved settings, key by key
-    apply_overrides(cfg, args.overrides)
+    cfg = load_run_config(run_dir, args.config, args.overrides)
     seed_everything(cfg.run.seed)
     device = resolve_device(cfg.run.device)
     queries = args.query or default_queries(cfg)
@@ -65,14 +55,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ConfigError, StageError, FileNotFoundError, ValueError, KeyError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from arguments import ConfigError, apply_argfiles, apply_overrides, read_saved_config
+from stages.cli import add_run_config_args, load_run_config, run_cli
 from stages.rundir import StageError, resolve_device, write_json
 
 
@@ -33,11 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", default=None, choices=["test", "train", "all"],
                    help="render the 3DGS model's views of this split instead of the query selections")
     p.add_argument("--depth", action="store_true", help="with --views: also write a normalised depth PNG per view")
-    p.add_argument("-c", "--config", action="append", default=[], metavar="ARGFILE",
-                   help="argument file(s) applied over the run's saved config")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
-                   help="override a value of the saved config, e.g. --set renderer.backend=torch")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_run_config_args(p)
     return p
 
 
@@ -50,12 +45,7 @@ def run(args) -> int:
     from scene.dataset import load_scene
 
     run_dir = Path(args.model_path)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise StageError(f"{cfg_path} not found: train this run first (python train.py --stage rgb -m {run_dir} ...)")
-    cfg, _ = read_saved_config(cfg_path)
-    apply_argfiles(cfg, args.config)
-    apply_overrides(cfg, args.overrides)
+    cfg = load_run_config(run_dir, args.config, args.overrides)
     device = resolve_device(cfg.run.device)
     off = cfg.rgb.holdout_offset
     scene = load_scene(cfg.data.source_path, images=cfg.data.images, resolution=cfg.data.resolution,
@@ -116,14 +106,7 @@ def render_views(args, cfg, run_dir: Path, scene, device) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ConfigError, StageError, FileNotFoundError, ValueError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

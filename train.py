@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
 import torch
 
-from arguments import ConfigError, add_config_args, load_config, read_saved_config
+from arguments import add_config_args, load_config, read_saved_config
+from stages.cli import run_cli
 from stages.rundir import StageError, begin_stage, mark_done, resolve_device, seed_everything
 
 STAGES = ("rgb", "instance", "mapping")
@@ -123,17 +123,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ConfigError, StageError, FileNotFoundError, ValueError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_cli(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
