@@ -56,12 +56,17 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
         return backend
     if torch.device(device).type == "cuda":
         try:
-            from . import gsplat_backend  # noqa: F401
-            return "gsplat"
+            from . import gsplat_backend
         except ImportError as e:
             _warn_once("gsplat-import", f"gaussian_renderer: gsplat backend unavailable ({e}); "
                                         "using the torch backend on CUDA")
             return "torch"
+        ok, reason = gsplat_backend.extension_status()   # builds gsplat's kernels on first use
+        if ok:
+            return "gsplat"
+        _warn_once("gsplat-ext", f"gaussian_renderer: gsplat backend unusable ({reason}); "
+                                 "using the torch backend on CUDA")
+        return "torch"
     return "cpp" if _cpp_available() else "torch"
 
 

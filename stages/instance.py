@@ -101,8 +101,8 @@ def train_instance(cfg: Config, run_dir: Path, scene: SceneData, device: torch.d
             raise StageError(f"{ckpt_path}: features {tuple(ins_feat.shape)} do not fit {n} Gaussians x "
                              f"{c.feature_dim}; the rgb stage changed: use --force")
         start, order = ck["step"], ck["extra"]["view_order"].tolist()
-        gen.set_state(ck["extra"]["view_rng"])
-        sample_gen.set_state(ck["extra"]["sample_rng"].to("cpu") if device.type == "cpu" else ck["extra"]["sample_rng"])
+        gen.set_state(ck["extra"]["view_rng"].cpu())  # RNG states are CPU byte tensors, also for CUDA generators
+        sample_gen.set_state(ck["extra"]["sample_rng"].cpu())
         print(f"[instance] resuming from {ckpt_path} at step {start}")
     else:
         ins_feat = init_features(n, c.feature_dim, gen).to(device).requires_grad_(True)

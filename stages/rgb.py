@@ -119,7 +119,7 @@ def train_rgb(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device
         ck = load_checkpoint(ckpt_path, device=device)
         params = make_parameters(ck["params"])
         start = ck["step"]
-        gen.set_state(ck["extra"]["view_rng"])
+        gen.set_state(ck["extra"]["view_rng"].cpu())  # RNG states are CPU byte tensors (map_location may be CUDA)
         order = ck["extra"]["view_order"].tolist()
         history = list(ck["extra"].get("history", []))
         print(f"[rgb] resuming from {ckpt_path} at step {start}")
