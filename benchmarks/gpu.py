@@ -30,7 +30,6 @@ import argparse
 import gc
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -139,34 +138,15 @@ def render_frames(run: Path, n_frames: int, queries: list[str]) -> dict:
 def latency_sweep(sizes: list[int], device: torch.device, n_queries: int = 5) -> list[dict]:
     """benchmarks/query_latency.py's field and timing, with peak memory: relevancy (1 query, 4
     negatives) + rescale, then the collaborative refinement; medians over n_queries after a warm-up."""
-    from query_latency import make_field, sync
-
-    from scene.grounding import relevancy, rescale, select
+    from query_latency import time_queries
 
     rows = []
     for n in sizes:
-        feats, lang, opac, d, names, neg = make_field(n, 200, device)
-        rel_t, ref_t, sel_n = [], [], []
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        for q in range(n_queries + 1):   # the first one warms up
-            sync(device)
-            t0 = time.perf_counter()
-            s = rescale(relevancy(lang, names[q:q + 1], neg)[0])
-            sync(device)
-            t1 = time.perf_counter()
-            sel = select("collaborative", s, feats, opac, d)
-            sync(device)
-            t2 = time.perf_counter()
-            if q:
-                rel_t.append(1e3 * (t1 - t0))
-                ref_t.append(1e3 * (t2 - t1))
-                sel_n.append(int(sel.sum()))
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        rows.append({"n_gaussians": n, "relevancy_ms": statistics.median(rel_t), "refine_ms": statistics.median(ref_t),
-                     "total_ms": statistics.median([a + b for a, b in zip(rel_t, ref_t)]),
-                     "selected": statistics.median(sel_n), "peak_gpu_mib": peak})
-        del feats, lang, opac, names, neg
+        row = time_queries(n, device, n_queries)
+        row["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        rows.append(row)
         gc.collect()
     return rows
 

@@ -42,6 +42,29 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def time_queries(n: int, device, n_queries: int = 5, instances: int = 200) -> dict:
+    """Median ms of relevancy + rescale and of the collaborative refinement over ``n_queries``
+    queries (after one warm-up) on a synthesised field of ``n`` Gaussians."""
+    feats, lang, opac, d, names, neg = make_field(n, instances, device)
+    rel_t, ref_t, sel_n = [], [], []
+    for q in range(n_queries + 1):  # the first one warms up
+        sync(device)
+        t0 = time.perf_counter()
+        s = rescale(relevancy(lang, names[q:q + 1], neg)[0])
+        sync(device)
+        t1 = time.perf_counter()
+        sel = select("collaborative", s, feats, opac, d)
+        sync(device)
+        t2 = time.perf_counter()
+        if q:
+            rel_t.append(1e3 * (t1 - t0))
+            ref_t.append(1e3 * (t2 - t1))
+            sel_n.append(int(sel.sum()))
+    return {"n_gaussians": n, "relevancy_ms": statistics.median(rel_t), "refine_ms": statistics.median(ref_t),
+            "total_ms": statistics.median([a + b for a, b in zip(rel_t, ref_t)]),
+            "selected": statistics.median(sel_n)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="numbers of Gaussians")
@@ -53,23 +76,8 @@ def main(argv=None) -> int:
     print(f"device {device}, torch threads {torch.get_num_threads()}")
     print(f"{'N':>10} {'relevancy ms':>13} {'refine ms':>10} {'total ms':>9} {'selected':>9}")
     for n in a.sizes:
-        feats, lang, opac, d, names, neg = make_field(n, a.instances, device)
-        rel_t, ref_t, tot, sel_n = [], [], [], []
-        for q in range(a.queries + 1):  # the first one warms up
-            sync(device)
-            t0 = time.perf_counter()
-            r = relevancy(lang, names[q:q + 1], neg)[0]
-            s = rescale(r)
-            sync(device)
-            t1 = time.perf_counter()
-            sel = select("collaborative", s, feats, opac, d)
-            sync(device)
-            t2 = time.perf_counter()
-            if q:
-                rel_t.append(1e3 * (t1 - t0)), ref_t.append(1e3 * (t2 - t1)), tot.append(1e3 * (t2 - t0))
-                sel_n.append(int(sel.sum()))
-        print(f"{n:>10} {statistics.median(rel_t):>13.1f} {statistics.median(ref_t):>10.1f} "
-              f"{statistics.median(tot):>9.1f} {statistics.median(sel_n):>9.0f}")
+        r = time_queries(n, device, a.queries, a.instances)
+        print(f"{n:>10} {r['relevancy_ms']:>13.1f} {r['refine_ms']:>10.1f} {r['total_ms']:>9.1f} {r['selected']:>9.0f}")
     return 0
 
 
