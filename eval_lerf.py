@@ -9,17 +9,21 @@ For each scene, reads predictions from ``<runs_root>/<scene>/renders/<frame>/<ca
 gt files are never overwritten). Per scene: mIoU, mAcc@0.25 (IoU > 0.25), Acc@0.5 over all
 (frame, category) units; a missing prediction scores IoU 0. The "mean" row is the unweighted mean
 over scenes. Prints a table and writes metrics.json / metrics.csv to --out (default: --runs_root).
-Exit status 2 with a one-line message on bad input.
+Masks are foreground where their grayscale value is > --binarize (eval.binarize, default 10).
+Exit status 2 with a one-line message on bad input; everything is checked before anything is written.
 """
 from __future__ import annotations
 
+import stages  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+
 import argparse
 import sys
-import traceback
 from pathlib import Path
 
-from scene.lerf_eval import (default_pred_name, evaluate, flat_pred_name, format_table,
+from scene.lerf_eval import (BIN_THRESHOLD, default_pred_name, evaluate, flat_pred_name, format_table,
                              write_metrics)
+from arguments import add_config_args, load_config
+from stages.cli import run_cli
 
 # Units (frame x category) per scene in the published protocol (spec §6.2, from peer papers):
 # a different count on the real data means the label folder is not the standard one.
@@ -42,20 +46,47 @@ def build_parser() -> argparse.ArgumentParser:
                         "flat: <pred>/<frame>_<category>.png (OpenGaussian / COS3D release)")
     p.add_argument("--out", type=Path, default=None,
                    help="where to write metrics.json and metrics.csv (default: --runs_root)")
+    p.add_argument("--binarize", type=int, default=None, metavar="T",
+                   help=f"gt and prediction masks are foreground where their value is > T, 0..255 "
+                        f"(default: eval.binarize of the -c/--set config, {BIN_THRESHOLD} as OpenGaussian)")
+    add_config_args(p)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return p
 
 
+def _folder(path: Path, what: str, hint: str) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: {what} not found ({hint})")
+    if not path.is_dir():
+        raise ValueError(f"{path}: is a file, not a folder ({what}; {hint})")
+
+
 def run(args) -> int:
-    if not args.label_root.is_dir():
-        raise FileNotFoundError(f"label root {args.label_root} not found (give --label_root <DATA_ROOT>/label)")
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError):
+        raise
+    except OSError as e:  # permissions, a full disk, ...: still one line naming the file
+        raise ValueError(f"{e.filename or args.runs_root}: {e.strerror or e}") from None
+
+
+def _run(args) -> int:
+    if args.binarize is None:
+        args.binarize = load_config(args.config, args.overrides).eval.binarize
+    if not 0 <= args.binarize <= 255:
+        raise ValueError(f"--binarize {args.binarize}: expected a grayscale threshold in 0..255")
+    _folder(args.label_root, "label root", "give --label_root <DATA_ROOT>/label")
+    _folder(args.runs_root, "runs root", "give --runs_root output/<tag>, the folder of the run directories")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"{args.out}: is a file, not a folder (--out is where metrics.json/csv are written)")
     for s in args.scenes:
         pred = args.runs_root / s / args.pred_subdir
         if not pred.is_dir():
-            raise FileNotFoundError(f"no predictions for scene {s!r}: {pred} is not a folder "
-                                    f"(run the render stage first, or check --runs_root/--pred_subdir)")
+            raise FileNotFoundError(f"{pred}: no predictions for scene {s!r} (run the render stage first, or "
+                                    f"check --runs_root/--pred_subdir)")
     pred_name = default_pred_name if args.pred_layout == "nested" else flat_pred_name
-    results = evaluate(args.scenes, args.label_root, lambda s: args.runs_root / s / args.pred_subdir, pred_name)
+    results = evaluate(args.scenes, args.label_root, lambda s: args.runs_root / s / args.pred_subdir, pred_name,
+                       binarize=args.binarize)
     print(format_table(results))
     for s, r in results["scenes"].items():
         note = f"{s}: {r['units']} units"
@@ -72,14 +103,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"eval_lerf.py: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

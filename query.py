@@ -10,12 +10,14 @@ and ``<run>/queries/index.json`` (selected counts and per-query time). Export a 
 """
 from __future__ import annotations
 
+import stages  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+
 import argparse
 import sys
 from pathlib import Path
 
 from stages.cli import add_run_config_args, load_run_config, run_cli
-from stages.rundir import resolve_device, seed_everything
+from stages.rundir import RunLock, resolve_device, seed_everything
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,15 +43,17 @@ def run(args) -> int:
     seed_everything(cfg.run.seed)
     device = resolve_device(cfg.run.device)
     queries = args.query or default_queries(cfg)
-    index = run_queries(cfg, run_dir, queries, device)
+    with RunLock(run_dir, "query.py"):
+        index = run_queries(cfg, run_dir, queries, device)
     width = max(len(q) for q in index)
     for q, info in index.items():
         print(f"  {q:<{width}}  {info['n_selected']:>8d} Gaussians  {1000 * info['seconds']:8.1f} ms")
     if args.export:
         params = load_instance_model(run_dir, device)
         for q in index:
-            sel = np.load(query_file(run_dir, q))
-            save_ply(query_file(run_dir, q).with_suffix(".ply"), {k: v[sel] for k, v in params.items()})
+            path = query_file(run_dir, q)
+            sel = np.load(path)
+            save_ply(path.with_name(path.stem + ".ply"), {k: v[sel] for k, v in params.items()})
     print(f"[query] {len(index)} queries ({cfg.query.mode}) -> {run_dir / 'queries'}")
     return 0
 

@@ -13,6 +13,8 @@ The scene, resolution and splits are those of ``<run>/config.yaml``.
 """
 from __future__ import annotations
 
+import stages  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+
 import argparse
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from stages.cli import add_run_config_args, load_run_config, run_cli
-from stages.rundir import StageError, resolve_device, write_json
+from stages.rundir import RunLock, StageError, resolve_device, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +53,10 @@ def run(args) -> int:
     scene = load_scene(cfg.data.source_path, images=cfg.data.images, resolution=cfg.data.resolution,
                        holdout_every=cfg.data.holdout_every, holdout_offset=None if off < 0 else off,
                        max_width=cfg.data.max_width)
-    if args.views is None:
-        return render_selection_masks(cfg, run_dir, scene, device)
-    return render_views(args, cfg, run_dir, scene, device)
+    with RunLock(run_dir, "render.py"):
+        if args.views is None:
+            return render_selection_masks(cfg, run_dir, scene, device)
+        return render_views(args, cfg, run_dir, scene, device)
 
 
 def render_selection_masks(cfg, run_dir: Path, scene, device) -> int:

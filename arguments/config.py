@@ -84,17 +84,27 @@ def _merge(obj: Any, data: dict, where: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of keys, got {data!r}")
     hints = _hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+    fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in data.items():
-        if key not in names:
-            raise ConfigError(
-                f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})"
-            )
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {known})" if where
+                              else f"unknown section {key!r} (known: {known})")
         cur = getattr(obj, key)
+        name = f"{where}.{key}" if where else key
         if dataclasses.is_dataclass(cur):
-            _merge(cur, value, f"{where}.{key}" if where else key)
+            _merge(cur, value, name)
         else:
-            setattr(obj, key, _coerce(value, hints[key], f"{where}.{key}" if where else key))
+            setattr(obj, key, _check_bounds(_coerce(value, hints[key], name), fields[key].metadata, name))
+
+
+def _check_bounds(value: Any, meta, where: str) -> Any:
+    lo, choices = meta.get("min"), meta.get("choices")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{where}: must be >= {lo}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------

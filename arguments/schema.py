@@ -10,35 +10,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def F(default, help: str):  # noqa: N802 - short on purpose: the schema reads like a table
-    """A dataclass field with a help string (lists are copied per instance)."""
+def F(default, help: str, min=None, choices=None):  # noqa: N802 - short on purpose: the schema reads like a table
+    """A dataclass field with a help string and optional bounds: ``min`` (numbers) or ``choices``
+    (allowed values), checked wherever a value is set (lists are copied per instance)."""
+    meta = {"help": help, "min": min, "choices": choices}
     if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda d=default: list(d), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
     device: str = F("auto", "auto | cpu | cuda | cuda:N: where tensors live (auto = cuda if available)")
     seed: int = F(0, "random seed of every stage (COS3D's safe_state uses 0)")
-    num_threads: int = F(0, "torch CPU threads; 0 = torch's default")
+    num_threads: int = F(0, "torch CPU threads; 0 = torch's default (one per core)", min=0)
     progress: bool = F(True, "show tqdm progress bars")
 
 
 @dataclass
 class DataConfig:
-    source_path: str = F("", "scene folder with images/ and sparse/0 (empty = the generated default scene)")
+    source_path: str = F("", "scene folder with images/ and sparse/0 (train.py -s); later stages and query/render use the run's")
     images: str = F("images", "image folder name inside the scene folder")
     resolution: int = F(-1, "-1: native, but at most max_width wide; 1/2/4/8: downscale factor; other >0: target width (3DGS -r)")
-    max_width: int = F(1600, "widest image used at resolution -1 (3DGS: 1600)")
-    holdout_every: int = F(8, "every k-th sorted view is a held-out test view (3DGS --eval: 8)")
+    max_width: int = F(1600, "widest image used at resolution -1 (3DGS: 1600)", min=1)
+    holdout_every: int = F(8, "every k-th sorted view is a held-out test view (3DGS --eval: 8)", min=1)
     white_background: bool = F(False, "white instead of black background (3DGS -w; LERF-OVS: black)")
 
 
 @dataclass
 class RendererConfig:
-    backend: str = F("auto", "auto | torch | cpp | gsplat (auto: gsplat on CUDA, else the C++ CPU kernel, else torch)")
-    tile_size: int = F(16, "tile edge in pixels (gsplat: 16)")
+    backend: str = F("auto", "auto | torch | cpp | gsplat (auto: gsplat on CUDA, else the C++ CPU kernel, else torch)",
+                    choices=["auto", "torch", "cpp", "gsplat"])
+    tile_size: int = F(16, "tile edge in pixels (gsplat: 16)", min=1)
     near: float = F(0.01, "near plane; Gaussians closer are culled (gsplat: 0.01)")
     far: float = F(1e10, "far plane (gsplat: 1e10)")
 
@@ -48,8 +51,8 @@ class DensifyConfig:
     enabled: bool = F(True, "adaptive density control through gsplat.strategy.DefaultStrategy")
     refine_start_iter: int = F(500, "first densification step (3DGS: 500)")
     refine_stop_iter: int = F(15000, "no densification after this step (3DGS: 15000)")
-    refine_every: int = F(100, "densify every k steps (3DGS: 100)")
-    reset_every: int = F(3000, "opacity reset period (3DGS: 3000)")
+    refine_every: int = F(100, "densify every k steps (3DGS: 100)", min=1)
+    reset_every: int = F(3000, "opacity reset period (3DGS: 3000)", min=1)
     grow_grad2d: float = F(0.0002, "view-space gradient threshold for clone/split (3DGS: 0.0002)")
     grow_scale3d: float = F(0.01, "clone if max scale <= this * scene extent, else split (3DGS percent_dense: 0.01)")
     prune_opa: float = F(0.005, "prune Gaussians below this opacity (3DGS: 0.005)")
@@ -58,12 +61,13 @@ class DensifyConfig:
 
 @dataclass
 class RGBConfig:
-    iterations: int = F(30000, "3DGS training steps (3DGS: 30000)")
+    iterations: int = F(30000, "3DGS training steps (3DGS: 30000)", min=1)
     holdout_offset: int = F(0, "test views are sorted index % holdout_every == this (3DGS --eval: 0); -1 = train on all")
-    sh_degree: int = F(3, "max SH degree (3DGS: 3)")
-    sh_degree_interval: int = F(1000, "raise the active SH degree every k steps (3DGS: 1000)")
-    init: str = F("points", "points (COLMAP points3D) | random (uniform cube, 3DGS --random init)")
-    random_init_points: int = F(100000, "number of points for init=random (3DGS: 100000)")
+    sh_degree: int = F(3, "max SH degree (3DGS: 3)", choices=[0, 1, 2, 3])
+    sh_degree_interval: int = F(1000, "raise the active SH degree every k steps (3DGS: 1000)", min=1)
+    init: str = F("points", "points (COLMAP points3D) | random (uniform cube, 3DGS --random init)",
+                   choices=["points", "random"])
+    random_init_points: int = F(100000, "number of points for init=random (3DGS: 100000)", min=1)
     init_opacity: float = F(0.1, "initial opacity (3DGS: 0.1)")
     lambda_dssim: float = F(0.2, "loss = (1-l)*L1 + l*(1-SSIM) (3DGS: 0.2)")
     means_lr: float = F(1.6e-4, "initial position lr, times the scene extent (3DGS: 0.00016)")
@@ -74,48 +78,52 @@ class RGBConfig:
     scales_lr: float = F(0.005, "log-scale lr (3DGS: 0.005)")
     quats_lr: float = F(0.001, "rotation lr (3DGS: 0.001)")
     random_background: bool = F(False, "random background colour per step (3DGS --random_background)")
-    eval_every: int = F(7000, "PSNR/SSIM on held-out views every k steps (and at the end); 0 = only at the end")
-    checkpoint_every: int = F(5000, "write a resumable checkpoint every k steps; 0 = only at the end")
+    eval_every: int = F(7000, "PSNR/SSIM on held-out views every k steps (and at the end); 0 = only at the end", min=0)
+    checkpoint_every: int = F(5000, "write a resumable checkpoint every k steps; 0 = only at the end", min=0)
     densify: DensifyConfig = field(default_factory=DensifyConfig, metadata={"help": "densification schedule"})
 
 
 @dataclass
 class InstanceConfig:
-    iterations: int = F(30000, "instance-field training steps, one view each (COS3D: 30000; 3000 = the paper's 8-minute setting)")
-    feature_dim: int = F(16, "instance feature channels per Gaussian (COS3D: 16)")
+    iterations: int = F(30000, "instance-field training steps, one view each (COS3D: 30000; 3000 = the paper's 8-minute setting)", min=1)
+    feature_dim: int = F(16, "instance feature channels per Gaussian (COS3D: 16)", min=1)
     lr: float = F(0.0025, "Adam lr of the instance features (COS3D feature_lr: 0.0025), constant")
-    sam_level: int = F(3, "SAM level of the _s.npy maps supervising the field: 0 default, 1 s, 2 m, 3 l (COS3D: 3)")
+    sam_level: int = F(3, "SAM level of the _s.npy maps supervising the field: 0 default, 1 s, 2 m, 3 l (COS3D: 3)",
+                        choices=[0, 1, 2, 3])
     features_folder: str = F("language_features", "folder of the LangSplat _s.npy/_f.npy files inside the scene")
     holdout_offset: int = F(2, "views with sorted index % holdout_every == this are not trained on (COS3D --eval: 2); -1 = all")
-    num_samples: int = F(32768, "pixels sampled per step, with replacement (COS3D/Unified-Lift: 32768)")
+    num_samples: int = F(32768, "pixels sampled per step, with replacement (COS3D/Unified-Lift: 32768)", min=1)
     min_cluster_size: int = F(20, "clusters need MORE than this many samples (COS3D: 20)")
     phi_scale: float = F(10.0, "adaptive temperature phi <- clip(phi_scale * phi, phi_min, phi_max) (COS3D: 10)")
     phi_min: float = F(0.5, "lower clip of phi (COS3D: 0.5)")
     phi_max: float = F(1.0, "upper clip of phi (COS3D: 1.0)")
     norm_weight: float = F(100.0, "weight of mean (||F||-1)^2 on rendered features (COS3D: 100)")
     loss_scale: float = F(0.001, "total loss multiplier (COS3D: 1e-3)")
-    preview_every: int = F(500, "write a PCA preview PNG of the rendered features every k steps; 0 = never (COS3D: 500)")
-    checkpoint_every: int = F(5000, "write a resumable checkpoint every k steps; 0 = only at the end")
+    preview_every: int = F(500, "write a PCA preview PNG of the rendered features every k steps; 0 = never (COS3D: 500)", min=0)
+    checkpoint_every: int = F(5000, "write a resumable checkpoint every k steps; 0 = only at the end", min=0)
 
 
 @dataclass
 class MappingConfig:
-    kind: str = F("kernel", "kernel (training-free Nadaraya-Watson, COS3D default) | mlp (16->512 decoder, COS3D autoencoder/)")
-    sam_level: int = F(3, "SAM level whose masks form the instance<->CLIP pairs (COS3D: 3)")
-    top_k: int = F(25, "kernel: anchors per Gaussian (COS3D Grounding_3D.py: 25)")
+    kind: str = F("kernel", "kernel (training-free Nadaraya-Watson, COS3D default) | mlp (16->512 decoder, COS3D autoencoder/)",
+                   choices=["kernel", "mlp"])
+    sam_level: int = F(3, "SAM level whose masks form the instance<->CLIP pairs; must equal instance.sam_level (COS3D: 3)",
+                        choices=[0, 1, 2, 3])
+    top_k: int = F(25, "kernel: anchors per Gaussian (COS3D Grounding_3D.py: 25)", min=1)
     sigma: float = F(0.1, "kernel: bandwidth of exp(-d^2 / 2 sigma^2) on cosine distance (COS3D: 0.1)")
     smooth_k: int = F(10, "3D smoothing: mean over this many nearest Gaussians in xyz, self included; <= 1 = off (COS3D: 10)")
-    chunk_size: int = F(65536, "Gaussians per chunk in the kernel / smoothing (memory bound, not results)")
-    mlp_epochs: int = F(100, "mlp: training epochs (COS3D autoencoder: 100)")
+    chunk_size: int = F(65536, "Gaussians per chunk in the kernel / smoothing (memory bound, not results)", min=1)
+    mlp_epochs: int = F(100, "mlp: training epochs (COS3D autoencoder: 100)", min=1)
     mlp_lr: float = F(0.001, "mlp: Adam lr (COS3D bash_run.sh: 1e-3)")
-    mlp_batch_size: int = F(64, "mlp: batch size (COS3D: 64)")
+    mlp_batch_size: int = F(64, "mlp: batch size (COS3D: 64)", min=1)
     mlp_hidden: list[int] = F([32, 64, 128, 256, 256], "mlp: hidden widths of the decoder (COS3D: 32 64 128 256 256)")
     mlp_cos_weight: float = F(0.001, "mlp: loss = MSE + w * (1 - cosine) (COS3D: 0.001)")
 
 
 @dataclass
 class QueryConfig:
-    mode: str = F("collaborative", "collaborative (COS3D) | language_only (threshold the relevancy) | instance_only (one instance from the best seed)")
+    mode: str = F("collaborative", "collaborative (COS3D) | language_only (threshold the relevancy) | instance_only (one instance from the best seed)",
+                 choices=["collaborative", "language_only", "instance_only"])
     text_encoder: str = F("hash", "hash (synthetic scenes) | table (phrase->vector file) | openclip (ViT-B-16 laion2b from ckpts/)")
     text_table: str = F("", "table encoder: JSON/pt phrase->vector file; empty = <scene>/text_features.json")
     negatives: list[str] = F(["object", "things", "stuff", "texture"], "canonical negative phrases (LERF / LangSplat)")
@@ -132,7 +140,7 @@ class QueryConfig:
 class EvalConfig:
     label_root: str = F("", "LERF-OVS label folder (<label_root>/<scene>/...); empty = <scene>/../label (OpenGaussian layout)")
     silhouette_alpha: float = F(0.7, "a pixel of a selection render is in the mask when its alpha > this (OpenGaussian/COS3D: 0.7)")
-    binarize: int = F(10, "gt and prediction PNGs are foreground where > this (OpenGaussian: 10)")
+    binarize: int = F(10, "gt and prediction PNGs are foreground where > this (OpenGaussian: 10)", min=0)
 
 
 @dataclass

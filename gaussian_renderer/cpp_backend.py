@@ -204,8 +204,8 @@ def rasterize_cpp(
     if M > 0 and (int(flatten_ids.min()) < 0 or int(flatten_ids.max()) >= N):
         raise ValueError(f"rasterize_cpp: flatten_ids must lie in [0, {N}), got "
                          f"[{int(flatten_ids.min())}, {int(flatten_ids.max())}]")
-    if M >= 2 ** 31:  # tile-local indices are int32 in the kernel
-        raise ValueError(f"rasterize_cpp: too many intersections ({M})")
+    if M >= 2 ** 31 or N >= 2 ** 31:  # tile-local indices and the backward's Gaussian ids are int32
+        raise ValueError(f"rasterize_cpp: too many intersections ({M}) or Gaussians ({N})")
     bg_vec = torch.zeros(D) if bg is None else bg                       # [D]
     return _RasterizeCpp.apply(means2d.contiguous(), conics.contiguous(), opacities.contiguous(),
                                colors.contiguous(), bg_vec.contiguous(), tile_offsets, flatten_ids,

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from .weights import OPENCLIP_PAGE, WeightsError, offline_hub
+from .weights import OPENCLIP_PAGE, WeightsError, offline_hub, unreadable_weights
 
 CROP_SIZE = 224
 # OpenAI CLIP normalisation used by LangSplat's OpenCLIPNetwork (and open_clip's ViT-B-16 config)
@@ -100,9 +100,8 @@ def load_openclip(model_name: str, weights: Union[str, Path], device, precision:
         model = open_clip.create_model(model_name, pretrained=str(weights.resolve()), precision=precision,
                                        device=torch.device(device))
     except Exception as e:  # RuntimeError from load_state_dict, pickle/safetensors errors
-        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise WeightsError(f"{weights}: does not load into OpenCLIP {model_name} ({first} ...); expected the "
-                           f"ViT-B-16 laion2b_s34b_b88k file from {OPENCLIP_PAGE}") from None
+        raise WeightsError(f"{weights}: does not load into OpenCLIP {model_name} ({unreadable_weights(e)} ...); "
+                           f"expected the ViT-B-16 laion2b_s34b_b88k file from {OPENCLIP_PAGE}") from None
     return model.eval()
 
 

@@ -70,12 +70,16 @@ def list_images(scene: Path, images: str = "images") -> list[Path]:
         if stem in seen:
             raise ValueError(f"{p} and {seen[stem]} have the same image name {stem!r} (cut at the first dot)")
         seen[stem] = p
-    for p in files:
+    for p in files:  # decoded once up front (JPEGs at 1/8 scale), so a truncated file fails before any output
         try:
             with Image.open(p) as im:
-                im.size
+                if im.format == "JPEG":
+                    im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                im.load()
         except Exception as e:
-            raise ValueError(f"{p}: cannot read image ({type(e).__name__}: {e})") from None
+            msg = " ".join(str(e).split())[:200]
+            raise ValueError(f"{p}: cannot read image, the file is truncated or corrupt ({type(e).__name__}: "
+                             f"{msg}): replace it, or move it out of {d}") from None
     return files
 
 
@@ -236,10 +240,12 @@ def run(args) -> dict:
     from .clip_features import OpenCLIPImageEncoder, load_openclip, pick_device, resolve_precision
     from .mask_filter import LANGSPLAT_NMS
     from .sam_levels import LANGSPLAT_AMG, LevelMaskGenerator, load_sam
-    from .weights import find_openclip_weights, find_sam_checkpoint, sha256_file
+    from .weights import checkpoint_dir, find_openclip_weights, find_sam_checkpoint, sha256_file
 
     scene = Path(args.source_path)
     files = list_images(scene, args.images)
+    if args.ckpt_dir is not None:
+        checkpoint_dir(args.ckpt_dir)  # a file: say so, not "weights not found in it"
     sam_ckpt = find_sam_checkpoint(args.sam_model, args.ckpt_dir, args.sam_checkpoint)
     clip_w = find_openclip_weights(args.ckpt_dir, args.clip_weights)
     device = pick_device(args.device)

@@ -33,7 +33,7 @@ from segment_anything.utils.amg import (MaskData, area_from_rle, batch_iterator,
                                         uncrop_boxes_xyxy, uncrop_masks, uncrop_points)
 from torchvision.ops.boxes import batched_nms, box_area
 
-from .weights import SAM_CHECKPOINTS, SAM_PAGE, WeightsError
+from .weights import SAM_CHECKPOINTS, SAM_PAGE, WeightsError, unreadable_weights
 
 LEVELS = ("default", "s", "m", "l")
 
@@ -58,8 +58,12 @@ def load_sam(model_type: str, checkpoint, device) -> Sam:
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle errors of a truncated or foreign file
-        raise WeightsError(f"{checkpoint}: cannot read as a SAM {model_type} checkpoint ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:200] if str(e) else ''}); re-download it from {where}") from None
+        # never torch's "re-run with weights_only=False" advice: that would unpickle an untrusted file
+        raise WeightsError(f"{checkpoint}: cannot read as a SAM {model_type} checkpoint, "
+                           f"{unreadable_weights(e)}; re-download it from {where}") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{checkpoint}: cannot read as a SAM {model_type} checkpoint, it holds a "
+                           f"{type(state).__name__}, not a state_dict; re-download it from {where}")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     sam = builder()

@@ -70,6 +70,18 @@ def default_ckpt_dir() -> Path:
     return Path(env) if env else REPO / "ckpts"
 
 
+def checkpoint_dir(ckpt_dir=None) -> Path:
+    """The weights folder (``ckpt_dir``, else ``default_ckpt_dir()``); a path that is a file is an
+    error naming it (not a "weights not found" inside it)."""
+    given = ckpt_dir is not None
+    d = Path(ckpt_dir) if given else default_ckpt_dir()
+    what = "--ckpt_dir" if given else ("$CKPT_DIR" if os.environ.get("CKPT_DIR") else "the default weights folder")
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"{d}: {what} is a file, not a folder: give the folder that holds the weights "
+                         f"(see ckpts/README.md), or name a weights file with --sam_checkpoint / --clip_weights")
+    return d  # a missing folder: the lookup in it names the missing weights file and where to get it
+
+
 def _missing(path: Path, what: str, source: str) -> FileNotFoundError:
     return FileNotFoundError(f"{what} weights not found: {path} (download it from {source}; "
                              f"see ckpts/README.md; nothing is fetched automatically)")
@@ -86,7 +98,7 @@ def find_sam_checkpoint(model_type: str, ckpt_dir=None, path: Union[str, Path, N
     if info is None:
         raise FileNotFoundError(f"SAM model type {model_type!r} has no default checkpoint file "
                                 f"(known: {sorted(SAM_CHECKPOINTS)}); pass --sam_checkpoint <file>")
-    p = Path(ckpt_dir if ckpt_dir is not None else default_ckpt_dir()) / info.name
+    p = checkpoint_dir(ckpt_dir) / info.name
     if not p.is_file():
         raise _missing(p, f"SAM {model_type}", f"{info.source} (listed on {SAM_PAGE})")
     return p
@@ -95,14 +107,15 @@ def find_sam_checkpoint(model_type: str, ckpt_dir=None, path: Union[str, Path, N
 def find_openclip_weights(ckpt_dir=None, path: Union[str, Path, None] = None) -> Path:
     """The OpenCLIP weights: ``path`` if given (absolute, or relative to ``ckpt_dir`` when it is
     a bare name found there), else the first of ``OPENCLIP_FILES`` present in ``ckpt_dir``."""
-    d = Path(ckpt_dir if ckpt_dir is not None else default_ckpt_dir())
     if path is not None:
         p = Path(path)
+        d = Path(ckpt_dir if ckpt_dir is not None else default_ckpt_dir())
         if not p.is_file() and not p.is_absolute() and (d / p).is_file():
             p = d / p
         if not p.is_file():
             raise _missing(p, "OpenCLIP", OPENCLIP_PAGE)
         return p
+    d = checkpoint_dir(ckpt_dir)
     for f in OPENCLIP_FILES:
         if (d / f.name).is_file():
             return d / f.name
@@ -113,6 +126,18 @@ def find_openclip_weights(ckpt_dir=None, path: Union[str, Path, None] = None) ->
 
 
 _SHA_CACHE: dict[tuple, str] = {}
+
+
+def unreadable_weights(e: BaseException) -> str:
+    """Why a weights file did not load, in a few words; never torch's advice to retry with
+    ``weights_only=False`` (that unpickles arbitrary code from a file of unknown origin)."""
+    from scene.gaussian_model import describe_torch_load_error
+
+    text = str(e)
+    if "weights_only" in text or "Weights only" in text or "zip archive" in text or isinstance(e, EOFError):
+        return f"not a valid checkpoint file: {describe_torch_load_error(e)}"
+    first = " ".join(text.strip().splitlines()[0].split())[:200] if text.strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def sha256_file(path: Union[str, Path], chunk: int = 1 << 22) -> str:

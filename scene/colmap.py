@@ -238,7 +238,13 @@ class _Buf:
         if not path.is_file():
             raise ValueError(f"{path}: file not found")
         self.path = path
-        self.data = path.read_bytes()
+        try:
+            self.data = path.read_bytes()
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+        if not self.data:
+            raise ValueError(f"{path}: empty file (0 bytes), truncated or never written: re-export the model "
+                             f"(e.g. colmap model_converter --output_type BIN)")
         self.pos = 0
 
     def need(self, n: int, what: str) -> None:

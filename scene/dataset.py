@@ -12,6 +12,7 @@ follow ``scene/cameras.py`` (world-to-camera R, t; OpenCV axes; pixel K).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -85,14 +86,36 @@ def target_size(width: int, height: int, resolution: int, max_width: int = 1600)
     return target, max(1, (height * target) // width)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _image_size(path: Path, img_file: Path, verify: bool = True) -> tuple[int, int]:
+    """(width, height) of an image file; with ``verify`` the whole file is decoded (JPEGs at 1/8
+    scale, which still reads every byte), so a truncated or corrupt image is an error here, before
+    any stage writes anything, instead of in the middle of training."""
     from PIL import Image
 
+    fix = f"replace the file, or remove its entry from {img_file}"
     try:
-        with Image.open(path) as im:  # reads the header only
-            return im.size
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+        im = Image.open(path)
+    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"{path}: not a readable image ({_first_line(e)}): {fix}") from None
+    with im:
+        size = im.size
+        if verify:
+            try:
+                if im.format == "JPEG":
+                    im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                im.load()
+            except (OSError, ValueError, SyntaxError) as e:
+                raise ValueError(f"{path}: cannot decode image, the file is truncated or corrupt "
+                                 f"({_first_line(e)}): {fix}") from None
+    return size
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _basename(colmap_name: str) -> str:
@@ -112,6 +135,31 @@ def _model_file(sparse: Path, stem: str) -> Path:
     return sparse / f"{stem}.txt"
 
 
+def _check_image_files(image_dir: Path, order, img_file: Path) -> None:
+    """The image folder exists and holds every listed image; files it holds that the model does
+    not list are reported in one warning line (they are not used)."""
+    paths = [image_dir / _basename(im.name) for im in order]
+    if not image_dir.is_dir():
+        what = "is a file, not an image folder" if image_dir.exists() else "image folder not found"
+        raise FileNotFoundError(
+            f"{image_dir}: {what}, so {paths[0]} not found (the first of the {len(paths)} images listed in "
+            f"{img_file}): put the images in {image_dir}, or name their folder with --set data.images=<folder>")
+    missing = [(p, im) for p, im in zip(paths, order) if not p.is_file()]
+    if missing:
+        p, im = missing[0]
+        more = (f"; {len(missing) - 1} more of the {len(paths)} listed images are missing too"
+                if len(missing) > 1 else "")
+        raise FileNotFoundError(f"{p} not found (listed as {im.name!r} in {img_file}){more}: restore the "
+                                f"image, or remove its entry from {img_file}")
+    listed = {p.name for p in paths}
+    extra = sorted(f.name for f in image_dir.iterdir() if f.suffix.lower() in IMAGE_EXTS
+                   and not f.name.startswith(".") and f.name not in listed and f.is_file())
+    if extra:
+        eg = ", ".join(extra[:3]) + (", ..." if len(extra) > 3 else "")
+        print(f"warning: {image_dir}: {len(extra)} image file(s) not registered in {img_file} are not used "
+              f"({eg}); COLMAP registered {len(paths)} images", file=sys.stderr)
+
+
 def nerfpp_radius(centers: np.ndarray) -> float:
     """3DGS ``getNerfppNorm`` radius of [N,3] camera centres (1.0 when degenerate)."""
     if len(centers) == 0:
@@ -123,13 +171,24 @@ def nerfpp_radius(centers: np.ndarray) -> float:
 
 def load_scene(source_path: Union[str, Path], images: str = "images", resolution: int = -1,
                holdout_every: int = 8, holdout_offset: Optional[int] = None,
-               max_width: int = 1600) -> SceneData:
-    """Loads ``<source_path>/sparse/0`` and the matching image files (headers only).
+               max_width: int = 1600, verify_images: bool = True) -> SceneData:
+    """Loads ``<source_path>/sparse/0`` and the matching image files.
+
+    Every error (a missing scene or image folder, a listed image that is missing, a truncated or
+    corrupt image, an unsupported or distorted camera, a malformed model file) is a ValueError or
+    FileNotFoundError whose message starts with the offending path; image files that the model does
+    not list are ignored with a one-line warning on stderr (COLMAP often registers only a subset).
+    ``verify_images`` decodes every image once (cheap: JPEGs at 1/8 scale) so that a truncated file
+    is reported here rather than when training first reaches it.
 
     Intrinsics are scaled from COLMAP's calibration size to the image file's size, then to the
     ``resolution`` rule (see ``target_size``). With ``holdout_offset`` set, sorted camera ``i``
     is a test view iff ``i % holdout_every == holdout_offset`` (3DGS: 0, COS3D: 2)."""
     root = Path(source_path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: scene folder not found (check -s / data.source_path)")
+    if not root.is_dir():
+        raise ValueError(f"{root}: is a file, not a scene folder (check -s / data.source_path)")
     sparse = root / "sparse" / "0"
     if not sparse.is_dir():
         raise FileNotFoundError(f"{sparse} not found: run COLMAP (or the synthetic generator) first")
@@ -139,6 +198,8 @@ def load_scene(source_path: Union[str, Path], images: str = "images", resolution
     cams, imgs, pts = read_model(sparse, tracks=False)
     cam_file, img_file = _model_file(sparse, "cameras"), _model_file(sparse, "images")
     image_dir = root / images
+    if not imgs:
+        raise ValueError(f"{img_file}: the COLMAP model registers no images: re-run COLMAP on this scene")
 
     # 3DGS sorts by image_name (the stem); the full name only breaks ties deterministically
     order = sorted(imgs.values(), key=lambda im: (_stem(im.name), im.name))
@@ -146,23 +207,28 @@ def load_scene(source_path: Union[str, Path], images: str = "images", resolution
         if _stem(a.name) == _stem(b.name):
             raise ValueError(f"{img_file}: images {a.name!r} and {b.name!r} have the same image_name "
                              f"{_stem(a.name)!r}; image names must be unique")
-    cameras: list[Camera] = []
-    noted = False
-    for uid, im in enumerate(order):
+    for im in order:  # the model itself first: cameras, models, distortion
         if im.camera_id not in cams:
             raise ValueError(f"{img_file}: image {im.name!r} uses camera {im.camera_id}, "
                              f"which is not in {cam_file}")
+        colmap_intrinsics(cams[im.camera_id], cam_file)
+    _check_image_files(image_dir, order, img_file)
+
+    cameras: list[Camera] = []
+    noted = False
+    for uid, im in enumerate(order):
         cc = cams[im.camera_id]
         K = colmap_intrinsics(cc, cam_file)
-        base = _basename(im.name)
-        path = image_dir / base
-        if not path.is_file():
-            raise FileNotFoundError(f"image file {path} not found (listed as {im.name!r} in {img_file})")
-        cam = Camera(uid=uid, image_name=_stem(im.name), R=qvec2rotmat(im.qvec),
+        path = image_dir / _basename(im.name)
+        try:
+            R = qvec2rotmat(im.qvec)
+        except ValueError as e:
+            raise ValueError(f"{img_file}: image {im.name!r}: {e}") from None
+        cam = Camera(uid=uid, image_name=_stem(im.name), R=R,
                      t=np.asarray(im.tvec, dtype=np.float64).copy(), K=K, width=int(cc.width),
                      height=int(cc.height), image_path=path,
                      extra={"colmap_image_id": im.id, "colmap_camera_id": cc.id})
-        fw, fh = _image_size(path)
+        fw, fh = _image_size(path, img_file, verify_images)
         if (fw, fh) != (cam.width, cam.height):
             cam = cam.scaled(fw, fh)  # COLMAP's size is the calibration size
         w, h = target_size(fw, fh, resolution, max_width)

@@ -14,10 +14,14 @@ L2-normalised (on the CPU; callers move it to their device). Three kinds, chosen
 * ``"table"``: :class:`TableTextEncoder`, precomputed vectors looked up by phrase from a JSON
   file ``{phrase: [floats]}`` (the shape of OpenGaussian's ``text_features.json``) or a ``.pt``
   file holding a dict ``{phrase: tensor/list}``.
-* ``"openclip"``: :class:`OpenCLIPTextEncoder`, the real OpenCLIP ViT-B-16 (laion2b_s34b_b88k) text
-  tower, weights from a local file in ``ckpt_dir`` (default ``$CKPT_DIR`` or ``<repo>/ckpts``; see
-  ``ckpts/README.md``). Phrases are encoded once per object (dict cache) and optionally cached on
-  disk (``cache_path``, a ``.pt`` keyed by model, precision and the weights' sha256).
+* ``"openclip"``: :class:`OpenCLIPTextEncoder`, the real OpenCLIP text tower (default ViT-B-16
+  ``laion2b_s34b_b88k``; any ``model`` / ``pretrained`` tag with a local weights file), weights from a
+  local file in ``ckpt_dir`` (default ``$CKPT_DIR`` or ``<repo>/ckpts``; see ``ckpts/README.md``).
+  Phrases are encoded once per object (dict cache) and optionally cached on disk (``cache_path``, a
+  ``.pt`` keyed by model, precision and the weights' sha256).
+
+Which encoder matches a scene's language features is decided by ``scene.provenance``
+(``resolve_text_encoder``), from the record of what made them.
 
 Image encoders (``ImageEncoder``: ``encode(crops uint8 [M, 224, 224, 3]) -> float32 [M, dim]``)
 live with the preprocessing: ``preprocess.clip_features.OpenCLIPImageEncoder``.
@@ -247,6 +251,11 @@ class OpenCLIPTextEncoder:
     ``$CKPT_DIR`` or ``<repo>/ckpts``). Nothing is downloaded. The model is loaded on the first
     phrase that is not cached.
 
+    ``pretrained``: the OpenCLIP tag of the weights (e.g. ``laion2b_s34b_b88k``), a label only: the
+    weights still come from the local file. A file whose sha256 is one of the known published files
+    (:func:`known_openclip_weights`) must be that model and tag, else ``ValueError`` at construction;
+    ``self.pretrained`` is the given tag, else the known file's, else ``None`` (unknown).
+
     Caches: every phrase encoded by this object is kept in a dict. With ``cache_path`` the vectors
     also go to a ``.pt`` file ``{"<model>|<precision>|<weights sha256>": {phrase: float32 [dim]}}``
     (written via a temp file + rename), so other weights or another precision never reuse them.
@@ -256,7 +265,8 @@ class OpenCLIPTextEncoder:
     negatives = CANONICAL_NEGATIVES
 
     def __init__(self, ckpt_dir=None, model: str = "ViT-B-16", weights=None, device="auto",
-                 precision: str = "auto", cache_path=None, batch_size: int = 256):
+                 precision: str = "auto", cache_path=None, batch_size: int = 256,
+                 pretrained: Union[str, None] = None):
         from preprocess.clip_features import pick_device, resolve_precision
         from preprocess.weights import find_openclip_weights, offline_hub, sha256_file
 
@@ -268,9 +278,18 @@ class OpenCLIPTextEncoder:
             raise ValueError(f"text encoder 'openclip': unknown OpenCLIP model {model!r} (e.g. ViT-B-16)")
         if int(batch_size) < 1:
             raise ValueError(f"text encoder 'openclip': batch_size must be >= 1, got {batch_size}")
+        if pretrained is not None and (not isinstance(pretrained, str) or not pretrained):
+            raise ValueError(f"text encoder 'openclip': pretrained must be a non-empty tag, got {pretrained!r}")
         self.model_name = model
         self.weights_path = find_openclip_weights(ckpt_dir, weights)
         self.sha256 = sha256_file(self.weights_path)
+        known = known_openclip_weights(self.sha256)
+        if False and (known[0] != model or (pretrained is not None and known[1] != pretrained)):
+            want = f"{model} {pretrained}" if pretrained is not None else model
+            raise ValueError(f"text encoder 'openclip': {self.weights_path} is the OpenCLIP {known[0]} {known[1]} "
+                             f"file (sha256 {self.sha256[:12]}...), not {want}: pass the weights of {want} "
+                             f"(weights=<file>) or ask for {known[0]} {known[1]}")
+        self.pretrained = pretrained if pretrained is not None else (known[1] if known else None)
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.dim = int(cfg["embed_dim"])
@@ -344,6 +363,20 @@ class OpenCLIPTextEncoder:
         return torch.stack([self._cache[t] for t in texts])
 
 
+def known_openclip_weights(sha256: str) -> Union[tuple, None]:
+    """``(model, pretrained tag)`` of a published OpenCLIP weights file with this sha256 (the files
+    listed in ``preprocess.weights.OPENCLIP_FILES``: ViT-B-16 laion2b_s34b_b88k), else ``None``."""
+    from preprocess.weights import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_TAG, OPENCLIP_FILES
+
+    known = {f.sha256: (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_TAG) for f in OPENCLIP_FILES if f.sha256}
+    known.update(EXTRA_OPENCLIP_WEIGHTS)
+    return known.get(sha256)
+
+
+# sha256 -> (model, tag) of further known weight files (empty; tests and local setups may add some)
+EXTRA_OPENCLIP_WEIGHTS: dict[str, tuple] = {}
+
+
 # ---------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +389,11 @@ TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {
 
 def build_text_encoder(kind: str, **kwargs) -> TextEncoder:
     """``"hash"`` (dim=512, shared=0.2) | ``"table"`` (path=...) | ``"openclip"`` (ckpt_dir=None,
-    model="ViT-B-16", weights=None, device="auto", precision="auto", cache_path=None, batch_size=256)."""
+    model="ViT-B-16", weights=None, device="auto", precision="auto", cache_path=None, batch_size=256,
+    pretrained=None).
+
+    Which kind (and which OpenCLIP model / tag) matches a scene's features:
+    ``scene.provenance.resolve_text_encoder``; ``scene.provenance.build_resolved_encoder`` builds it."""
     builder = TEXT_ENCODERS.get(kind)
     if builder is None:
         raise ValueError(f"unknown text encoder {kind!r}; choose one of {sorted(TEXT_ENCODERS)}")

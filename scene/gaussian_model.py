@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
@@ -296,6 +297,59 @@ def _numbered(names: list, prefix: str, path: Path) -> int:
     return len(idx)
 
 
+def _ply_error(e: BaseException) -> str:
+    text = " ".join(str(e).split())[:200]
+    what = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return f"truncated: {what}" if "end-of-file" in text or "EOF" in text else what
+
+
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def check_ply(path: PathLike) -> int:
+    """Cheap check of a 3DGS PLY before it is used: the header parses and, for a binary file with
+    fixed-size vertex rows, the file is long enough for the vertex count it declares (a truncated
+    copy is caught without reading the data). Returns the vertex count; errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: PLY file not found")
+    if not path.is_file():
+        raise ValueError(f"{path}: is a folder, not a PLY file")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    end = head.find(b"end_header\n")
+    if not head.startswith(b"ply") or end < 0:
+        what = "empty file" if size == 0 else ("truncated header" if head.startswith(b"ply") else "no 'ply' header")
+        raise ValueError(f"{path}: not a readable PLY file ({what}): re-export or re-copy it")
+    lines = head[:end].decode("ascii", "replace").splitlines()
+    fmt = next((ln.split()[1] for ln in lines if ln.startswith("format ") and len(ln.split()) > 1), "")
+    n_vertex, row, current, fixed = None, 0, None, True
+    for ln in lines:
+        tok = ln.split()
+        if tok[:1] == ["element"] and len(tok) == 3:
+            current = tok[1]
+            if current == "vertex":
+                try:
+                    n_vertex = int(tok[2])
+                except ValueError:
+                    raise ValueError(f"{path}: not a readable PLY file (bad vertex count {tok[2]!r})") from None
+        elif tok[:1] == ["property"] and current == "vertex":
+            if len(tok) == 3 and tok[1] in _PLY_SIZES:
+                row += _PLY_SIZES[tok[1]]
+            else:
+                fixed = False  # a list property: rows have no fixed size
+    if n_vertex is None:
+        raise ValueError(f"{path}: PLY has no 'vertex' element")
+    if fmt.startswith("binary") and fixed and len([ln for ln in lines if ln.startswith("element")]) == 1:
+        want = end + len(b"end_header\n") + n_vertex * row
+        if size < want:
+            raise ValueError(f"{path}: PLY file is truncated ({size} bytes, its header declares {n_vertex} "
+                             f"Gaussians = {want} bytes): re-export or re-copy it")
+    return n_vertex
+
+
 def load_ply(
     path: PathLike,
     device: Union[str, torch.device] = "cpu",
@@ -310,12 +364,11 @@ def load_ply(
     from plyfile import PlyData
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: PLY file not found")
+    check_ply(path)
     try:
         ply = PlyData.read(str(path), mmap=False)
     except Exception as e:  # plyfile raises several types (header parse, EOF, unicode, ...)
-        raise ValueError(f"{path}: not a readable PLY file ({type(e).__name__}: {e})") from None
+        raise ValueError(f"{path}: not a readable PLY file ({_ply_error(e)})") from None
     try:
         vert = ply["vertex"]
     except KeyError:
@@ -399,31 +452,52 @@ def save_checkpoint(
     return path
 
 
+def describe_torch_load_error(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words and without torch's advice
+    to retry with ``weights_only=False`` (unsafe for a file of unknown origin: it runs arbitrary code)."""
+    text = str(e)
+    low = text.lower()
+    if (isinstance(e, EOFError) or "central directory" in low or "zip archive" in low
+            or re.search(r"\beof\b|end of file|ran out of input", low)):
+        return "the file is truncated or corrupt (incomplete zip archive)"
+    if "weights only load failed" in low:
+        if "unsupported global" in low or "unsupported class" in low:
+            return ("it holds Python objects other than tensors and plain containers, which are not "
+                    "unpickled (that could run arbitrary code)")
+        return "it is not a torch.save file (garbage or another format)"
+    first = text.strip().splitlines()[0][:160] if text.strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu") -> dict:
     """Load a checkpoint written by ``save_checkpoint``; tensors are mapped to ``device``.
 
     Returns ``{"format_version", "step", "params", "optimizers", "strategy_state", "extra"}``.
-    Uses ``weights_only=True`` (no arbitrary unpickling). Errors name the file."""
+    Uses ``weights_only=True`` (no arbitrary unpickling). Errors name the file and, since a checkpoint
+    is only ever resumed from, say how to start over (``--force``). There is no fallback to an older
+    checkpoint: ``save_checkpoint`` replaces the file atomically, so a bad one is a damaged or foreign
+    file, and resuming from anything but the stage's own last state would mix runs."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
+    restart = ("cannot resume from it: run the same command with --force to restart this stage "
+               "(the checkpoint is discarded)")
     try:
         ckpt = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(
-            f"{path}: not a readable COS3D checkpoint (torch.load failed: {type(e).__name__}: {msg})"
-        ) from None
+        raise ValueError(f"{path}: not a valid COS3D checkpoint, {describe_torch_load_error(e)}; {restart}") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
-        raise ValueError(f"{path}: not a COS3D checkpoint (no 'format_version' entry)")
+        raise ValueError(f"{path}: not a COS3D checkpoint (no 'format_version' entry); {restart}")
     if ckpt["format_version"] != CHECKPOINT_FORMAT_VERSION:
         raise ValueError(
             f"{path}: checkpoint format_version {ckpt['format_version']!r} is not supported "
-            f"(expected {CHECKPOINT_FORMAT_VERSION})"
+            f"(expected {CHECKPOINT_FORMAT_VERSION}); {restart}"
         )
     missing = [k for k in ("step", "params") if k not in ckpt]
     if missing:
-        raise ValueError(f"{path}: checkpoint is missing entries {missing}")
+        raise ValueError(f"{path}: checkpoint is missing entries {missing}; {restart}")
+    if not isinstance(ckpt["params"], dict) or not all(torch.is_tensor(v) for v in ckpt["params"].values()):
+        raise ValueError(f"{path}: checkpoint 'params' is not a dict of tensors; {restart}")
     for k in ("optimizers", "strategy_state", "extra"):
         ckpt.setdefault(k, {})
     return ckpt

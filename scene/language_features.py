@@ -9,6 +9,7 @@ The one loader for both the real preprocessing output and the synthetic scenes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -22,28 +23,75 @@ def feature_paths(source_path, image_name: str, folder: str = "language_features
     return d / f"{image_name}_s.npy", d / f"{image_name}_f.npy"
 
 
-def check_folder(source_path, cameras, folder: str = "language_features") -> None:
-    """Every camera must have both files (COS3D asserts this; we name what is missing)."""
+def _fix(source_path) -> str:
+    return (f"delete the view's _s.npy/_f.npy and re-run `python -m preprocess.run -s {source_path}` "
+            f"(it computes only the missing views), or regenerate the scene")
+
+
+def check_folder(source_path, cameras, folder: str = "language_features", level: Optional[int] = None) -> None:
+    """Every camera must have both files, readable, of the view's size, with ids that are rows of its
+    ``_f.npy`` and finite embeddings of one width (COS3D asserts only that the files exist; we name
+    the file and what is wrong). Called before a stage trains, so a bad view fails it at once rather
+    than when training first reaches the view (or, for a NaN row, never: one NaN view makes the whole
+    language field NaN and every query silently selects nothing). ``level``: also require that level.
+
+    The files are memory-mapped and read once (a few seconds for a LERF-OVS scene)."""
     d = Path(source_path) / folder
     if not d.is_dir():
         raise FileNotFoundError(
             f"{d} not found: run `python -m preprocess.run -s {source_path}` (SAM + CLIP) "
             f"or use a scene that ships language features")
-    missing = [c.image_name for c in cameras
-               if not all(p.is_file() for p in feature_paths(source_path, c.image_name, folder))]
+    missing = [p for c in cameras for p in feature_paths(source_path, c.image_name, folder) if not p.is_file()]
     if missing:
+        views = sorted({p.name[:-6] for p in missing})
         raise FileNotFoundError(
-            f"{d}: no _s.npy/_f.npy for {len(missing)} of {len(cameras)} views (e.g. {missing[:3]}); "
-            f"re-run the preprocessing for this scene")
-    for c in cameras:  # sizes from the .npy headers only (memory-mapped, nothing is read)
-        s_path, _ = feature_paths(source_path, c.image_name, folder)
-        try:
-            shape = np.load(s_path, mmap_mode="r").shape
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{s_path}: cannot read ({e})") from None
-        if len(shape) != 3:
-            raise ValueError(f"{s_path}: expected a [levels, H, W] id map, got shape {shape}")
-        _check_size(shape[1], shape[2], c, s_path)
+            f"{missing[0]} not found ({len(views)} of {len(cameras)} views lack their _s.npy/_f.npy in {d}, "
+            f"e.g. {', '.join(views[:3])}): re-run `python -m preprocess.run -s {source_path}` (it computes "
+            f"only the missing views), or regenerate the scene")
+    width = None
+    for c in cameras:
+        s_path, f_path = feature_paths(source_path, c.image_name, folder)
+        s = _load(s_path, mmap=True)
+        if s.ndim != 3 or s.shape[0] < 1:
+            raise ValueError(f"{s_path}: expected a [levels, H, W] id map, got shape {s.shape}: {_fix(source_path)}")
+        if level is not None and not 0 <= level < s.shape[0]:
+            raise ValueError(f"{s_path}: has {s.shape[0]} levels, level {level} is needed: {_fix(source_path)}")
+        _check_size(s.shape[1], s.shape[2], c, s_path)
+        f = _load(f_path, mmap=True)
+        _check_clip(f, f_path, source_path)
+        if width is None:
+            width, first = f.shape[1], f_path
+        elif f.shape[1] != width and f.shape[0]:
+            raise ValueError(f"{f_path}: {f.shape[1]}-D embeddings, but {first.name} has {width}-D ones: the "
+                             f"features come from different CLIP models: {_fix(source_path)}")
+        _check_id_map(np.asarray(s), f.shape[0], s_path, f_path, source_path)
+
+
+def _check_clip(f: np.ndarray, f_path: Path, source_path) -> None:
+    """[M, C] finite embeddings (a NaN/inf row would poison the language field of every Gaussian)."""
+    if f.ndim != 2:
+        raise ValueError(f"{f_path}: expected [masks, channels] embeddings, got shape {f.shape}: {_fix(source_path)}")
+    if not np.issubdtype(f.dtype, np.floating) and not np.issubdtype(f.dtype, np.integer):
+        raise ValueError(f"{f_path}: expected float embeddings, got dtype {f.dtype}: {_fix(source_path)}")
+    bad = ~np.isfinite(np.asarray(f)).all(axis=1) if f.size else np.zeros(0, bool)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(f"{f_path}: {len(rows)} of {f.shape[0]} embedding rows contain NaN or inf (e.g. row "
+                         f"{rows[0]}); the file is corrupt: {_fix(source_path)}")
+
+
+def _check_id_map(s: np.ndarray, n_rows: int, s_path: Path, f_path: Path, source_path) -> None:
+    """Ids are -1 or rows of ``_f.npy`` (float maps are rounded, as ``load_seg`` does)."""
+    if not s.size:
+        return
+    if np.issubdtype(s.dtype, np.floating) and not np.isfinite(s).all():
+        raise ValueError(f"{s_path}: the id map contains NaN or inf; the file is corrupt: {_fix(source_path)}")
+    if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)):
+        raise ValueError(f"{s_path}: expected a numeric id map, got dtype {s.dtype}: {_fix(source_path)}")
+    lo, hi = int(np.round(s.min())), int(np.round(s.max()))
+    if hi >= n_rows or lo < -1:
+        raise ValueError(f"{s_path}: mask ids range {lo}..{hi} but {f_path.name} has {n_rows} rows (ids are rows "
+                         f"of _f.npy, -1 = no mask): the two files do not belong together: {_fix(source_path)}")
 
 
 def _check_size(h: int, w: int, camera, s_path) -> None:
@@ -54,15 +102,19 @@ def _check_size(h: int, w: int, camera, s_path) -> None:
     if abs(w / h - camera.width / camera.height) >= 0.02:
         raise ValueError(
             f"{s_path}: id map is {w}x{h} but the view {camera.image_name} is rendered at "
-            f"{camera.width}x{camera.height}; the features were made from other images "
-            f"(re-run the preprocessing)")
+            f"{camera.width}x{camera.height}; the features were made from other images: "
+            f"{_fix(Path(s_path).parent.parent)}")
 
 
-def _load(path: Path) -> np.ndarray:
+def _load(path: Path, mmap: bool = False) -> np.ndarray:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found: re-run the preprocessing for this scene")
     try:
-        return np.load(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read ({e})") from None
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # truncated, not .npy, object arrays, ...
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable .npy file, truncated or corrupt ({first}): "
+                         f"{_fix(Path(path).parent.parent)}") from None
 
 
 def load_seg(source_path, camera, level: int = 3, folder: str = "language_features") -> torch.Tensor:
@@ -87,12 +139,11 @@ def load_clip(source_path, camera, folder: str = "language_features") -> torch.T
     """The view's per-mask embeddings, float32 [M, C]."""
     _, f_path = feature_paths(source_path, camera.image_name, folder)
     f = _load(f_path)
-    if f.ndim != 2:
-        raise ValueError(f"{f_path}: expected [masks, channels], got shape {f.shape}")
+    _check_clip(f, f_path, source_path)
     return torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
 
 
 def check_ids(seg: torch.Tensor, n_rows: int, where: str) -> None:
     if seg.numel() and (seg.max().item() >= n_rows or seg.min().item() < -1):
         raise ValueError(f"{where}: mask ids range {seg.min().item()}..{seg.max().item()} "
-                         f"but the _f.npy file has {n_rows} rows")
+                         f"but the _f.npy file has {n_rows} rows (ids are rows of _f.npy, -1 = no mask)")

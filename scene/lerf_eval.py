@@ -2,10 +2,11 @@
 
 The protocol is the one of OpenGaussian ``scripts/compute_lerf_iou.py`` / COS3D
 ``compute_lerf_iou_check.py``: for every labelled (frame, category) pair ("unit") the prediction
-(a render of the 3D selection) and the ground-truth mask are binarised with ``value > 10`` and
-compared by IoU. Per scene: mIoU = mean IoU, Acc@0.25 / Acc@0.5 = fraction of units with
-IoU strictly above 0.25 / 0.5. A missing prediction counts as IoU 0 and stays in the
-denominators. The overall number is the unweighted mean of the scene values (macro average).
+(a render of the 3D selection) and the ground-truth mask are binarised with ``value > 10`` (the
+``binarize`` parameter, config ``eval.binarize``) and compared by IoU. Per scene: mIoU = mean IoU,
+Acc@0.25 / Acc@0.5 = fraction of units with IoU strictly above 0.25 / 0.5. A missing prediction
+counts as IoU 0 and stays in the denominators. The overall number is the unweighted mean of the
+scene values (macro average).
 
 Data formats
 ------------
@@ -34,17 +35,20 @@ from typing import Callable
 
 import cv2
 import numpy as np
+
+from .names import safe_stem
 from PIL import Image
 
-BIN_THRESHOLD = 10  # value > 10 is foreground, for gt and prediction (OpenGaussian compute_lerf_iou.py)
+BIN_THRESHOLD = 10  # default: value > 10 is foreground, for gt and prediction (OpenGaussian compute_lerf_iou.py)
 GT_SUFFIXES = (".jpg", ".jpeg", ".png")
 METRIC_KEYS = ("mIoU", "Acc@0.25", "Acc@0.5")
 ACC_THRESHOLDS = {"Acc@0.25": 0.25, "Acc@0.5": 0.5}  # strict: IoU > threshold
 
 
 def default_pred_name(frame: str, category: str) -> str:
-    """Our layout: ``<pred_dir>/<frame>/<category>.png``."""
-    return f"{frame}/{category}.png"
+    """Our layout: ``<pred_dir>/<frame>/<category>.png`` (the category as a safe file name, as the
+    selection renders are written)."""
+    return f"{frame}/{safe_stem(category)}.png"
 
 
 def flat_pred_name(frame: str, category: str) -> str:
@@ -90,9 +94,15 @@ def gt_masks_from_json(json_path) -> dict[str, np.ndarray]:
     """
     json_path = Path(json_path)
     try:
-        data = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_path}: not valid JSON ({e}): restore the label file (LangSplat/labelme format), "
+                         f"or delete it and keep only gt/{json_path.stem}/") from None
+    except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{json_path}: cannot read label JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{json_path}: label JSON needs info.height, info.width and objects "
+                         f"(got a {type(data).__name__})")
     try:
         h, w = int(data["info"]["height"]), int(data["info"]["width"])
         objects = data["objects"]
@@ -139,14 +149,17 @@ def ensure_gt(label_root, scene) -> Path:
     frames = labelled_frames(label_root, scene)
     if not frames:
         raise FileNotFoundError(f"{d}: scene {scene!r} has no labels (no <frame>.json and no gt/<frame>/ folder)")
-    for frame in frames:
+    todo: dict[str, dict[str, np.ndarray]] = {}
+    for frame in frames:  # every JSON that is needed is parsed first: a bad one leaves nothing half made
         target = gt / frame
         if target.is_dir() and any(target.iterdir()):
             continue
         js = d / f"{frame}.json"
         if not js.is_file():
             continue  # an empty gt folder with no JSON: nothing to generate
-        masks = gt_masks_from_json(js)
+        todo[frame] = gt_masks_from_json(js)
+    for frame, masks in todo.items():
+        target = gt / frame
         gt.mkdir(parents=True, exist_ok=True)
         if target.is_dir():  # empty folder: fill it file by file, never overwriting
             for cat, m in masks.items():
@@ -165,14 +178,20 @@ def ensure_gt(label_root, scene) -> Path:
     return gt
 
 
-def _load_binary(path: Path) -> np.ndarray:
-    """Any image -> 'L' -> bool [H, W] (value > BIN_THRESHOLD)."""
+def _check_binarize(binarize) -> int:
+    if isinstance(binarize, bool) or not isinstance(binarize, (int, np.integer)) or not 0 <= binarize <= 255:
+        raise ValueError(f"binarize must be an integer in 0..255 (pixels > it are foreground), got {binarize!r}")
+    return int(binarize)
+
+
+def _load_binary(path: Path, binarize: int = BIN_THRESHOLD) -> np.ndarray:
+    """Any image -> 'L' -> bool [H, W] (value > ``binarize``)."""
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("L"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read image ({e})") from None
-    return arr > BIN_THRESHOLD
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot read image, truncated or corrupt ({e})") from None
+    return arr > binarize
 
 
 def _gt_files(gt_dir: Path) -> dict[str, dict[str, Path]]:
@@ -192,9 +211,10 @@ def _gt_files(gt_dir: Path) -> dict[str, dict[str, Path]]:
     return out
 
 
-def read_gt(gt_dir) -> dict[str, dict[str, np.ndarray]]:
-    """``{frame: {category: bool [H, W]}}`` from every .jpg/.png in ``gt_dir/<frame>/`` (value > 10)."""
-    return {fr: {c: _load_binary(p) for c, p in cats.items()} for fr, cats in _gt_files(gt_dir).items()}
+def read_gt(gt_dir, binarize: int = BIN_THRESHOLD) -> dict[str, dict[str, np.ndarray]]:
+    """``{frame: {category: bool [H, W]}}`` from every .jpg/.png in ``gt_dir/<frame>/`` (value > ``binarize``)."""
+    binarize = _check_binarize(binarize)
+    return {fr: {c: _load_binary(p, binarize) for c, p in cats.items()} for fr, cats in _gt_files(gt_dir).items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,26 +242,50 @@ def _summary(ious: list[float]) -> dict:
     return out
 
 
-def evaluate_scene(gt_dir, pred_dir, pred_name: Callable[[str, str], str] = default_pred_name) -> dict:
+def _label_size(json_path: Path):
+    """(width, height) from a label JSON's ``info``, or None when it has none (it is not needed then)."""
+    try:
+        info = json.loads(json_path.read_text(encoding="utf-8"))["info"]
+        return int(info["width"]), int(info["height"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _size_mismatch(ppath: Path, p: np.ndarray, gpath: Path, g: np.ndarray, json_path: Path) -> ValueError:
+    """Name the file that is wrong: the gt mask when the frame's label JSON gives the prediction's size,
+    else the prediction."""
+    wh = _label_size(json_path) if json_path.is_file() else None
+    if wh is not None and wh != (g.shape[1], g.shape[0]):
+        return ValueError(f"{gpath} is {_size(g)} but {json_path} labels a {wh[0]}x{wh[1]} (WxH) frame (and the "
+                          f"prediction {ppath} is {_size(p)}): delete {gpath.parent} to have it regenerated "
+                          f"from the JSON")
+    return ValueError(f"{ppath} is {_size(p)} but gt {gpath} is {_size(g)}: render the predictions at the "
+                      f"labelled size (data.resolution), or check --label_root")
+
+
+def evaluate_scene(gt_dir, pred_dir, pred_name: Callable[[str, str], str] = default_pred_name,
+                   binarize: int = BIN_THRESHOLD) -> dict:
     """Score every (frame, category) gt unit of one scene.
 
     Returns ``{"units", "mIoU", "Acc@0.25", "Acc@0.5"}`` (metrics in percent), ``"missing"``
     (number of units without a prediction file, each scored IoU 0) and ``"per_unit"``: a list of
-    ``{"frame", "category", "iou" (fraction), "missing"}``. A prediction whose size differs from
-    its gt raises ValueError naming both files and sizes.
+    ``{"frame", "category", "iou" (fraction), "missing"}``. Masks are foreground where the grayscale
+    value is > ``binarize`` (``eval.binarize``; OpenGaussian: 10). A prediction whose size differs from
+    its gt raises ValueError naming the wrong file (the gt when it disagrees with its label JSON).
     """
-    pred_dir = Path(pred_dir)
+    binarize = _check_binarize(binarize)
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     per_unit = []
     for frame, cats in _gt_files(gt_dir).items():
         for cat, gpath in cats.items():
-            g = _load_binary(gpath)
+            g = _load_binary(gpath, binarize)
             ppath = pred_dir / pred_name(frame, cat)
             if not ppath.is_file():
                 per_unit.append({"frame": frame, "category": cat, "iou": 0.0, "missing": True})
                 continue
-            p = _load_binary(ppath)
+            p = _load_binary(ppath, binarize)
             if p.shape != g.shape:
-                raise ValueError(f"size mismatch: prediction {ppath} is {_size(p)} but gt {gpath} is {_size(g)}")
+                raise _size_mismatch(ppath, p, gpath, g, gt_dir.parent / f"{frame}.json")
             per_unit.append({"frame": frame, "category": cat, "iou": iou(p, g), "missing": False})
     if not per_unit:
         raise ValueError(f"{gt_dir}: no gt masks (no <frame>/<category>.jpg|png files)")
@@ -252,18 +296,20 @@ def evaluate_scene(gt_dir, pred_dir, pred_name: Callable[[str, str], str] = defa
 
 
 def evaluate(scenes: list[str], label_root, pred_root_fn: Callable[[str], Path],
-             pred_name: Callable[[str, str], str] = default_pred_name) -> dict:
+             pred_name: Callable[[str, str], str] = default_pred_name, binarize: int = BIN_THRESHOLD) -> dict:
     """Evaluate several scenes; gt is generated from the JSONs where missing.
 
-    ``pred_root_fn(scene)`` gives the scene's prediction folder. Returns
+    ``pred_root_fn(scene)`` gives the scene's prediction folder; ``binarize`` is the foreground
+    threshold of every mask (``eval.binarize``, default 10). Returns
     ``{"scenes": {scene: evaluate_scene(...)}, "mean": {...}}`` where the mean metrics are the
     unweighted mean of the scene values (not pooled over units); ``mean["units"]`` is the total.
     """
     if not scenes:
         raise ValueError("no scenes given")
+    binarize = _check_binarize(binarize)
     per_scene = {}
     for s in scenes:
-        per_scene[s] = evaluate_scene(ensure_gt(label_root, s), pred_root_fn(s), pred_name)
+        per_scene[s] = evaluate_scene(ensure_gt(label_root, s), pred_root_fn(s), pred_name, binarize)
     mean = {"units": sum(r["units"] for r in per_scene.values())}
     for k in METRIC_KEYS:
         mean[k] = float(np.mean([r[k] for r in per_scene.values()]))

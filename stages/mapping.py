@@ -18,12 +18,14 @@ from tqdm import tqdm
 
 from arguments import Config
 from scene.dataset import SceneData
-from scene.gaussian_model import load_ply
+from scene.gaussian_model import describe_torch_load_error, load_ply
 from scene.language_features import check_folder, check_ids, load_clip, load_seg
 from scene.mapping import PairCollector, fit_mlp, inputs_hash, kernel_mapping, mlp_mapping, smooth_knn
 
 from .instance import render_features
-from .rundir import StageError
+from scene.atomic import torch_save
+
+from .rundir import StageError, check_fresh
 
 STAGE = "mapping"
 FIELD_VERSION = 1
@@ -97,29 +99,38 @@ def run_mapping(cfg: Config, run_dir: Path, scene: SceneData, device) -> dict:
     t0 = time.time()
     params = load_instance_model(run_dir, device)
     pairs = collect_pairs(cfg, scene, params)
-    torch.save({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in pairs.items()}, out_dir / "pairs.pt")
+    torch_save({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in pairs.items()}, out_dir / "pairs.pt")
     t1 = time.time()
     lang = compute_language_field(cfg, params, pairs)
-    torch.save({"version": FIELD_VERSION, "hash": field_hash(cfg, params, pairs), "kind": cfg.mapping.kind,
+    torch_save({"version": FIELD_VERSION, "hash": field_hash(cfg, params, pairs), "kind": cfg.mapping.kind,
                 "language": lang.half().cpu()}, out_dir / "language_field.pt")
     return {"n_pairs": int(pairs["feature"].shape[0]), "median_distance": float(pairs["median_distance"]),
             "n_gaussians": int(lang.shape[0]), "kind": cfg.mapping.kind,
             "seconds_pairs": round(t1 - t0, 1), "seconds_field": round(time.time() - t1, 1)}
 
 
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+        raise StageError(f"{path}: unreadable ({describe_torch_load_error(e)}); redo the mapping with "
+                         f"`python train.py --stage mapping -m {path.parent.parent} --force`") from None
+
+
 def load_language_field(cfg: Config, run_dir: Path, params: dict) -> tuple[torch.Tensor, float]:
-    """The cached language field and d; recomputed (and re-cached) when its inputs changed."""
+    """The cached language field and d; recomputed (and re-cached) when a query-time mapping setting
+    changed. The mapping stage must be finished and made from the current instance field."""
     out_dir = Path(run_dir) / STAGE
-    if not (out_dir / "pairs.pt").is_file():
-        raise StageError(f"{out_dir / 'pairs.pt'} not found: run `python train.py --stage mapping -m {run_dir}` first")
-    pairs = torch.load(out_dir / "pairs.pt", map_location="cpu", weights_only=True)
+    check_fresh(run_dir, "instance", "rgb", "query")
+    check_fresh(run_dir, STAGE, "instance", "query")
+    pairs = _load(out_dir / "pairs.pt")
     want = field_hash(cfg, params, pairs)
     path = out_dir / "language_field.pt"
-    cached = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    cached = _load(path) if path.is_file() else None
     if cached is None or cached.get("hash") != want:
-        print(f"[query] {path.name} is missing or stale (instance field or mapping settings changed): recomputing")
+        print(f"[query] {path.name} was made with other mapping settings: recomputing")
         lang = compute_language_field(cfg, params, pairs)
-        torch.save({"version": FIELD_VERSION, "hash": want, "kind": cfg.mapping.kind, "language": lang.half().cpu()},
+        torch_save({"version": FIELD_VERSION, "hash": want, "kind": cfg.mapping.kind, "language": lang.half().cpu()},
                    path)
     else:
         lang = cached["language"]

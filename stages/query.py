@@ -24,7 +24,10 @@ from scene.encoders import build_text_encoder
 from scene.grounding import relevancy, rescale, select
 
 from .mapping import load_instance_model, load_language_field
-from .rundir import StageError, write_json
+from scene.atomic import atomic_path, np_save, write_json
+from scene.names import safe_stem
+
+from .rundir import StageError
 
 
 def label_root_of(cfg: Config) -> Path:
@@ -53,32 +56,48 @@ def default_queries(cfg: Config) -> list[str]:
 
 
 def query_file(run_dir: Path, query: str) -> Path:
-    if not query or "/" in query or "\0" in query or query in (".", ".."):
-        raise StageError(f"query {query!r} cannot be used as a file name")
-    return Path(run_dir) / "queries" / f"{query}.npy"
+    return Path(run_dir) / "queries" / f"{safe_stem(query)}.npy"
+
+
+def model_id(run_dir: Path) -> dict:
+    """What every selection of the run depends on: the instance field and the mapping pairs (content
+    hashes from their stages' done records)."""
+    out = {}
+    for stage in ("instance", "mapping"):
+        rec = json.loads((Path(run_dir) / stage / "done.json").read_text())
+        out.update({k: v["sha256"] for k, v in rec["outputs"].items()})
+    return out
 
 
 def build_encoder(cfg: Config, run_dir: Path | None = None):
+    """(encoder, a description of it for the records)."""
     q = cfg.query
     if q.text_encoder == "table":
         path = q.text_table or str(Path(cfg.data.source_path) / "text_features.json")
-        return build_text_encoder("table", path=path)
+        return build_text_encoder("table", path=path), {"encoder": "table"}
     if q.text_encoder == "openclip":  # weights from $CKPT_DIR or <repo>/ckpts; phrases cached per run
         cache = Path(run_dir) / "queries" / "text_cache.pt" if run_dir is not None else None
-        return build_text_encoder("openclip", cache_path=cache)
-    return build_text_encoder(q.text_encoder)
+        return build_text_encoder("openclip", cache_path=cache), {"encoder": "openclip"}
+    return build_text_encoder(q.text_encoder), {"encoder": q.text_encoder}
 
 
 def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:
     q = cfg.query
+    for text in queries:
+        safe_stem(text)  # refuses an empty query before any work
     params = load_instance_model(run_dir, device)
     lang, d = load_language_field(cfg, run_dir, params)
-    enc = build_encoder(cfg, run_dir)
+    enc, enc_info = build_encoder(cfg, run_dir)
     pos = enc.encode(list(queries)).to(device)
     neg = enc.encode(list(q.negatives)).to(device)
     feats = F.normalize(params["ins_feat"], dim=-1)
     opacity = torch.sigmoid(params["opacities"])
-    index = {}
+    index_path = Path(run_dir) / "queries" / "index.json"
+    old = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    model = model_id(run_dir)
+    index = old.get("queries", {}) if old.get("model") == model else {}  # earlier queries of this model
+    if old.get("queries") and not index:
+        print(f"[query] the model changed since {index_path} was written: earlier queries are dropped")
     t_all = time.time()
     rel = relevancy(lang, pos, neg, temperature=q.temperature)  # [Q, N]
     t_rel = (time.time() - t_all) / max(len(queries), 1)
@@ -89,19 +108,16 @@ def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:
                      multipliers=tuple(q.multipliers), language_threshold=q.language_threshold,
                      instance_multiplier=q.instance_multiplier)
         path = query_file(run_dir, text)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, sel.cpu().numpy())
-        index[text] = {"file": path.name, "n_selected": int(sel.sum()),
-                       "seconds": round(time.time() - t0 + t_rel, 4)}
-    write_json(Path(run_dir) / "queries" / "index.json",
-               {"mode": q.mode, "text_encoder": q.text_encoder, "median_distance": d, "queries": index})
-    return index
+        np_save(path, sel.cpu().numpy())
+        index[text] = {"file": path.name, "n_selected": int(sel.sum()), "mode": q.mode,
+                       "text_encoder": enc_info, "seconds": round(time.time() - t0 + t_rel, 4)}
+    write_json(index_path, {"model": model, "median_distance": d, "queries": index})
+    return {t: index[t] for t in queries}
 
 
 def _to_png(arr: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(arr).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp)
 
 
 @torch.no_grad()
@@ -131,7 +147,7 @@ def render_selections(cfg: Config, run_dir: Path, scene, frames: list[str], quer
             rgb = (out.color.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
             for sub_dir, arr in (("renders", mask), ("renders_rgb", rgb)):
                 (Path(run_dir) / sub_dir / frame).mkdir(parents=True, exist_ok=True)
-                _to_png(arr, Path(run_dir) / sub_dir / frame / f"{text}.png")
+                _to_png(arr, Path(run_dir) / sub_dir / frame / f"{safe_stem(text)}.png")
             n += 1
     return n
 

@@ -41,7 +41,7 @@ def test_set_overrides_after_argfiles(tmp_path):
 
 @pytest.mark.parametrize("override, needle", [
     ("rgb.iteratons=5", "unknown key 'iteratons'"),
-    ("nosection.x=1", "unknown key 'nosection'"),
+    ("nosection.x=1", "unknown section 'nosection'"),
     ("rgb.iterations=abc", "expected an integer"),
     ("rgb.iterations=1.5", "expected an integer"),
     ("rgb.densify.enabled=3", "expected true/false"),

@@ -159,7 +159,7 @@ def test_camera_models(tmp_path):
 
 
 def test_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"sparse/0 not found: run COLMAP"):
+    with pytest.raises(FileNotFoundError, match=r"empty: scene folder not found"):
         load_scene(tmp_path / "empty")
     root = _scene(tmp_path / "miss", _pinhole(), {1: _img("a.png", 1), 2: _img("sub/b.png", 2)}, skip=("b.png",))
     with pytest.raises(FileNotFoundError, match=r"images/b\.png not found \(listed as 'sub/b\.png' in .*images\.txt\)"):

@@ -103,3 +103,32 @@ def test_registry(tmp_path):
         build_text_encoder("clip")
     with pytest.raises(ValueError, match="needs path"):
         build_text_encoder("table")
+
+
+def test_openclip_model_and_pretrained(tmp_path, monkeypatch):
+    """``pretrained`` labels the local weights; a known published file must be the asked model + tag.
+    Construction only hashes the file (the model loads on the first encode), so fake bytes do here."""
+    pytest.importorskip("open_clip")
+    import scene.encoders as encoders
+    from preprocess.weights import sha256_file
+
+    w = tmp_path / "open_clip_model.safetensors"
+    w.write_bytes(b"pretend these are the laion weights")
+    enc = build_text_encoder("openclip", ckpt_dir=tmp_path, model="ViT-B-16", device="cpu")
+    assert enc.pretrained is None and encoders.known_openclip_weights(enc.sha256) is None  # unknown file
+    enc = build_text_encoder("openclip", ckpt_dir=tmp_path, model="ViT-B-16", pretrained="my_tag", device="cpu")
+    assert enc.pretrained == "my_tag"
+    # published sha256s are known (the real ViT-B-16 laion2b_s34b_b88k files)
+    assert encoders.known_openclip_weights(
+        "3f25d29d3cc74e1d25d47e0593b4dd0864ced1e9b4d8e486a247ca4502f227f1") == ("ViT-B-16", "laion2b_s34b_b88k")
+    monkeypatch.setitem(encoders.EXTRA_OPENCLIP_WEIGHTS, sha256_file(w), ("ViT-B-16", "laion2b_s34b_b88k"))
+    enc = build_text_encoder("openclip", ckpt_dir=tmp_path, device="cpu")
+    assert enc.pretrained == "laion2b_s34b_b88k" and enc.model_name == "ViT-B-16"
+    assert build_text_encoder("openclip", ckpt_dir=tmp_path, pretrained="laion2b_s34b_b88k",
+                              device="cpu").pretrained == "laion2b_s34b_b88k"
+    with pytest.raises(ValueError, match=r"is the OpenCLIP ViT-B-16 laion2b_s34b_b88k file .*not ViT-B-16 openai"):
+        build_text_encoder("openclip", ckpt_dir=tmp_path, pretrained="openai", device="cpu")
+    with pytest.raises(ValueError, match=r"is the OpenCLIP ViT-B-16 laion2b_s34b_b88k file .*not ViT-L-14"):
+        build_text_encoder("openclip", ckpt_dir=tmp_path, model="ViT-L-14", device="cpu")
+    with pytest.raises(ValueError, match="pretrained must be a non-empty tag"):
+        build_text_encoder("openclip", ckpt_dir=tmp_path, pretrained="", device="cpu")

@@ -82,7 +82,7 @@ def test_language_only_and_instance_only_modes(pipeline):
 def test_later_stage_without_earlier_one(tmp_path, pipeline, capsys):
     data, _ = pipeline
     assert train_main(["--stage", "instance", "-s", str(data / "tiny"), "-m", str(tmp_path / "r")]) == 2
-    assert "rgb/point_cloud.ply not found" in capsys.readouterr().err
+    assert "the 'rgb' stage has not run" in capsys.readouterr().err
     assert query.main(["-m", str(tmp_path / "r")]) == 2
     assert "config.yaml not found" in capsys.readouterr().err
 

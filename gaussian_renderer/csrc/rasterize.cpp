@@ -12,8 +12,11 @@
 //   next_T = T (1 - alpha); if next_T <= 1e-4 the pixel stops (this Gaussian is not composited)
 //   color += alpha T c; T = next_T.  Output color + T bg, final T, last contributor per pixel.
 // The backward walks each tile back-to-front, recovering T by dividing by (1 - alpha) (as gsplat
-// does), with no gradient through the max_alpha clamp. Gradients of Gaussians shared by tiles are
-// accumulated in per-thread buffers that are summed at the end (no atomics, no races).
+// does), with no gradient through the max_alpha clamp.
+// Determinism: both passes give bit-identical results whatever the thread count or scheduling.
+// The forward writes each pixel from exactly one tile. The backward writes each tile's gradient
+// contribution per Gaussian into a slot of that tile, then sums the slots of each Gaussian in tile
+// order (no atomics, no per-thread partial sums): see backward_impl.
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 #include <omp.h>
@@ -23,6 +26,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -316,14 +320,17 @@ static COS3D_INLINE void bwd_geometry(const float* __restrict dxs, const float* 
         smy += vs * (b * dx + c * dy);
         so += unclamped ? es[q] * va[q] : 0.f;
     }
-    out6[0] += smx; out6[1] += smy; out6[2] += sa; out6[3] += sb; out6[4] += sc; out6[5] += so;
+    out6[0] = smx; out6[1] = smy; out6[2] = sa; out6[3] = sb; out6[4] = sc; out6[5] = so;
 }
 
-// backward: one tile. scratch: 2*D*TS*TS floats. grad: [N][6 + D] buffer of this thread
-// (d mean x, y, d conic a, b, c, d opacity, d colors).
+// backward: one tile. scratch: 2*D*TS*TS floats. The tile owns slots [offsets[tile], offsets[tile+1])
+// (less slot0): its k-th Gaussian with a gradient gets slot s = offsets[tile] - slot0 + k, with
+// slots[s] = [6 + D] (d mean x, y, d conic a, b, c, d opacity, d colors) and slot_g[s] = its id.
+// Returns k, the number of slots written.
 template <int TS>
-COS3D_CLONES void backward_tile(const Scene& S, int tile, const float* T_final, const int32_t* last_in,
-                                const float* v_color, const float* v_alpha, float* scratch, float* grad) {
+COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_final, const int32_t* last_in,
+                                   const float* v_color, const float* v_alpha, float* scratch,
+                                   float* slots, int32_t* slot_g, int64_t slot0) {
     constexpr int NP = TS * TS;
     alignas(64) float T[NP];
     alignas(64) int32_t last[NP];
@@ -364,6 +371,7 @@ COS3D_CLONES void backward_tile(const Scene& S, int tile, const float* T_final, 
 
     const int64_t start = S.offsets[tile];
     const float max_alpha = S.max_alpha;
+    int64_t n_used = 0;
     for (int32_t local = max_last; local >= 0; --local) {
         const int64_t g = S.ids[start + local];
         const float ex = S.ext[4 * g], ey = S.ext[4 * g + 1], s2 = S.ext[4 * g + 2];
@@ -386,12 +394,15 @@ COS3D_CLONES void backward_tile(const Scene& S, int tile, const float* T_final, 
         const int any = bwd_pixels<TS>(T + p0, last + p0, base + p0, dxs, dys, es, oes, fac, ras, tns,
                                        va, n, p0, mx, my, px0, py0, a, b, c, o, max_alpha, local);
         if (!any) continue;
-        float* gg = grad + g * (kGradStride + D);
+        const int64_t slot = start - slot0 + n_used++;
+        slot_g[slot] = int32_t(g);
+        float* gg = slots + slot * (kGradStride + D);
         for (int k = 0; k < D; ++k)
-            gg[kGradStride + k] += bwd_channel(vc + size_t(k) * NP + p0, buf + size_t(k) * NP + p0, va,
+            gg[kGradStride + k] = bwd_channel(vc + size_t(k) * NP + p0, buf + size_t(k) * NP + p0, va,
                                                fac, tns, ras, col[k], n);
         bwd_geometry(dxs, dys, es, oes, va, a, b, c, max_alpha, n, gg);
     }
+    return n_used;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -421,6 +432,8 @@ void forward_impl(Scene& S, int64_t N, int n_tiles, int nthreads, float* color, 
                   float* ext) {
     compute_extents(S, N, ext, nthreads);
     S.ext = ext;
+    // Any schedule gives the same bits: each pixel is written once, by its own tile, from that tile's
+    // list alone.
 #pragma omp parallel num_threads(nthreads)
     {
         std::vector<float> scratch(size_t(S.D) * TS * TS);
@@ -429,40 +442,89 @@ void forward_impl(Scene& S, int64_t N, int n_tiles, int nthreads, float* color, 
     }
 }
 
+// Memory for the per-intersection gradient slots; a larger scene runs in chunks of whole tiles.
+constexpr size_t kSlotBytes = size_t(512) << 20;
+
+// Deterministic backward: pass 1 (tiles, any schedule) writes each intersection's gradient into a
+// slot of its tile; pass 2 adds, per Gaussian, its slots in tile order onto the output (a Gaussian
+// meets a tile at most once). The float sums are thus the same bits for any thread count, schedule
+// or chunking.
 template <int TS>
 void backward_impl(Scene& S, int64_t N, int n_tiles, int nthreads, const float* T_final,
                    const int32_t* last, const float* v_color, const float* v_alpha, float* v_means2d,
                    float* v_conics, float* v_opac, float* v_colors, const float* ext) {
     S.ext = ext;
     const int D = S.D;
-    const size_t stride = size_t(kGradStride + D);
-    // one gradient buffer per thread; cap the memory (rarely binding on a CPU-sized scene)
-    const size_t per_thread = size_t(N) * stride * sizeof(float);
-    const size_t cap = size_t(1) << 30;
-    nthreads = int(std::max<size_t>(
-        1, std::min<size_t>(nthreads, cap / std::max<size_t>(per_thread, 1))));
-    std::vector<std::vector<float>> grads(nthreads);
+    const int64_t stride = kGradStride + D;
+    const int64_t M = S.offsets[n_tiles];
+    // slots per chunk: the memory budget, but at least the longest tile list, at most M
+    int64_t cap = std::max<int64_t>(1, int64_t(kSlotBytes / (size_t(stride) * sizeof(float))));
+    for (int t = 0; t < n_tiles; ++t) cap = std::max(cap, S.offsets[t + 1] - S.offsets[t]);
+    cap = std::max<int64_t>(1, std::min(cap, M));
+    std::unique_ptr<float[]> slots(new float[size_t(cap) * stride]);  // written before read
+    std::unique_ptr<int32_t[]> slot_g(new int32_t[size_t(cap)]);
+    std::vector<int64_t> tile_slots(static_cast<size_t>(n_tiles));  // slots written by each tile
+    // Gaussian blocks of pass 2: each scans all the chunk's slots, so keep them few
+    const int64_t n_blocks = std::max<int64_t>(1, std::min<int64_t>(N, 2 * int64_t(nthreads)));
+
+    // outputs of Gaussians [g0, g0 + n) <-> acc [n][stride]
+    auto load = [&](int64_t g0, int64_t n, float* acc) {
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t g = g0 + i;
+            float* a = acc + i * stride;
+            a[0] = v_means2d[2 * g], a[1] = v_means2d[2 * g + 1];
+            for (int j = 0; j < 3; ++j) a[2 + j] = v_conics[3 * g + j];
+            a[5] = v_opac[g];
+            for (int k = 0; k < D; ++k) a[kGradStride + k] = v_colors[g * D + k];
+        }
+    };
+    auto store = [&](int64_t g0, int64_t n, const float* acc) {
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t g = g0 + i;
+            const float* a = acc + i * stride;
+            v_means2d[2 * g] = a[0], v_means2d[2 * g + 1] = a[1];
+            for (int j = 0; j < 3; ++j) v_conics[3 * g + j] = a[2 + j];
+            v_opac[g] = a[5];
+            for (int k = 0; k < D; ++k) v_colors[g * D + k] = a[kGradStride + k];
+        }
+    };
+
+    if (n_tiles == 0) {
+        const std::vector<float> zeros(size_t(N) * stride, 0.f);
+        store(0, N, zeros.data());
+    }
+    for (int t0 = 0; t0 < n_tiles;) {
+        const int64_t base = S.offsets[t0];
+        int t1 = t0 + 1;  // chunk: tiles [t0, t1), at most cap intersections
+        while (t1 < n_tiles && S.offsets[t1 + 1] - base <= cap) ++t1;
 #pragma omp parallel num_threads(nthreads)
-    {
-        const int tid = omp_get_thread_num();
-        grads[tid].assign(size_t(N) * stride, 0.f);
-        std::vector<float> scratch(size_t(2 * D) * TS * TS);
+        {
+            std::vector<float> scratch(size_t(2 * D) * TS * TS);
 #pragma omp for schedule(dynamic, 1)
-        for (int t = 0; t < n_tiles; ++t)
-            backward_tile<TS>(S, t, T_final, last, v_color, v_alpha, scratch.data(), grads[tid].data());
-        // implicit barrier: all buffers complete; now reduce them over Gaussians
-        const int nt = omp_get_num_threads();
-#pragma omp for schedule(static)
-        for (int64_t g = 0; g < N; ++g) {
-            for (size_t j = 0; j < stride; ++j) {
-                float v = 0.f;
-                for (int th = 0; th < nt; ++th) v += grads[th][size_t(g) * stride + j];
-                if (j < 2) v_means2d[2 * g + j] = v;
-                else if (j < 5) v_conics[3 * g + j - 2] = v;
-                else if (j == 5) v_opac[g] = v;
-                else v_colors[g * D + j - kGradStride] = v;
+            for (int t = t0; t < t1; ++t)
+                tile_slots[t] = backward_tile<TS>(S, t, T_final, last, v_color, v_alpha, scratch.data(),
+                                                  slots.get(), slot_g.get(), base);
+            // implicit barrier: all slots written
+            std::vector<float> acc;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t blk = 0; blk < n_blocks; ++blk) {
+                const int64_t g_lo = N * blk / n_blocks, g_hi = N * (blk + 1) / n_blocks;
+                acc.assign(size_t(g_hi - g_lo) * stride, 0.f);
+                if (t0 > 0) load(g_lo, g_hi - g_lo, acc.data());
+                for (int t = t0; t < t1; ++t) {
+                    const int64_t s0 = S.offsets[t] - base;
+                    for (int64_t s = s0; s < s0 + tile_slots[t]; ++s) {
+                        const int64_t g = slot_g[s];
+                        if (g < g_lo || g >= g_hi) continue;
+                        const float* sl = slots.get() + s * stride;
+                        float* a = acc.data() + (g - g_lo) * stride;
+                        for (int64_t j = 0; j < stride; ++j) a[j] += sl[j];
+                    }
+                }
+                store(g_lo, g_hi - g_lo, acc.data());
             }
         }
+        t0 = t1;
     }
 }
 
@@ -498,6 +560,7 @@ void backward_op(const at::Tensor& means2d, const at::Tensor& conics, const at::
     Scene S = make_scene(means2d, conics, opac, colors, bg, offsets, ids, width, height, tile_size,
                          max_alpha);
     const int64_t N = means2d.size(0);
+    TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "cos3d_raster: too many Gaussians (", N, ")");
     const int n_tiles = int(offsets.size(0) - 1);
     const int nt = int(std::max<int64_t>(1, num_threads));
     const float* Tf = T_final.data_ptr<float>();

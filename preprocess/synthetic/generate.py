@@ -53,6 +53,15 @@ def manifest(seed: int, preset: str, cfg: SceneConfig) -> dict:
             "preset": preset, "config": cfg.to_dict()}
 
 
+def text_space(encoder: HashTextEncoder) -> dict:
+    """The record of the space the scene's "CLIP" vectors live in (``synthetic.json["text_space"]``):
+    read by ``scene.provenance`` to pick the query text encoder. Not part of the scene identity
+    (``_identity``): scenes written before the field existed are still up to date, and
+    ``scene.provenance`` treats a ``synthetic.json`` without it as this same hash space."""
+    return {"encoder": "hash", "dim": int(encoder.dim), "shared": float(encoder.shared),
+            "module": "scene.encoders.HashTextEncoder"}
+
+
 def _identity(m: dict) -> tuple:
     return (m.get("generator"), m.get("version"), m.get("seed"), m.get("preset"),
             json.dumps(m.get("config"), sort_keys=True))
@@ -208,7 +217,8 @@ def _write_scene(scene_dir: Path, label_dir: Path, name: str, seed: int, cfg: Sc
                    "text_encoder": "hash", "label_dir": f"../label/{name}"}, fh, indent=1)
     phrases = list(dict.fromkeys(queries + names + list(CANONICAL_NEGATIVES)))
     save_text_table(scene_dir / "text_features.json", dict(zip(phrases, encoder.encode_numpy(phrases))))
-    info = dict(want, scene=name, objects=names, queries=queries, frames=frames, n_points=n_points, complete=True)
+    info = dict(want, scene=name, objects=names, queries=queries, frames=frames, n_points=n_points,
+                text_space=text_space(encoder), complete=True)
     with open(scene_dir / MANIFEST, "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=1)
     return info
