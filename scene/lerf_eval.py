@@ -35,9 +35,9 @@ from typing import Callable
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from .names import safe_stem
-from PIL import Image
 
 BIN_THRESHOLD = 10  # default: value > 10 is foreground, for gt and prediction (OpenGaussian compute_lerf_iou.py)
 GT_SUFFIXES = (".jpg", ".jpeg", ".png")
