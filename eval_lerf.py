@@ -61,6 +61,22 @@ def _folder(path: Path, what: str, hint: str) -> None:
         raise ValueError(f"{path}: is a file, not a folder ({what}; {hint})")
 
 
+def _encoders_used(run_dir: Path, result: dict) -> str:
+    """The text encoder(s) that answered the scored categories, from ``<run>/queries/index.json``."""
+    import json
+
+    path = run_dir / "queries" / "index.json"
+    if not path.is_file():
+        return ""
+    queries = json.loads(path.read_text(encoding="utf-8")).get("queries", {})
+    used = set()
+    for u in result["per_unit"]:
+        enc = queries.get(u["category"], {}).get("text_encoder") or {}
+        if isinstance(enc, dict) and enc.get("encoder"):
+            used.add(" ".join(str(x) for x in (enc["encoder"], enc.get("model"), enc.get("pretrained")) if x))
+    return "; ".join(sorted(used))
+
+
 def run(args) -> int:
     try:
         return _run(args)
@@ -87,9 +103,11 @@ def _run(args) -> int:
     pred_name = default_pred_name if args.pred_layout == "nested" else flat_pred_name
     results = evaluate(args.scenes, args.label_root, lambda s: args.runs_root / s / args.pred_subdir, pred_name,
                        binarize=args.binarize)
+    for s, r in results["scenes"].items():
+        r["text_encoder"] = _encoders_used(args.runs_root / s, r)
     print(format_table(results))
     for s, r in results["scenes"].items():
-        note = f"{s}: {r['units']} units"
+        note = f"{s}: {r['units']} units, text encoder {r['text_encoder'] or 'unknown'}"
         if s in REFERENCE_UNITS and r["units"] != REFERENCE_UNITS[s]:
             note += f" (the published protocol has {REFERENCE_UNITS[s]})"
         if r["missing"]:

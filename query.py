@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    import json
+
     import numpy as np
+
+    from arguments import save_config
 
     from scene.gaussian_model import save_ply
     from stages.mapping import load_instance_model
@@ -45,6 +49,9 @@ def run(args) -> int:
     queries = args.query or default_queries(cfg)
     with RunLock(run_dir, "query.py"):
         index = run_queries(cfg, run_dir, queries, device)
+        encoders = sorted({json.dumps(v["text_encoder"], sort_keys=True) for v in index.values()})
+        save_config(cfg, run_dir / "queries" / "config.yaml",  # the resolved query-time config
+                    meta={"queries": list(index), "text_encoder": [json.loads(e) for e in encoders]})
     width = max(len(q) for q in index)
     for q, info in index.items():
         print(f"  {q:<{width}}  {info['n_selected']:>8d} Gaussians  {1000 * info['seconds']:8.1f} ms")
@@ -54,7 +61,9 @@ def run(args) -> int:
             path = query_file(run_dir, q)
             sel = np.load(path)
             save_ply(path.with_name(path.stem + ".ply"), {k: v[sel] for k, v in params.items()})
-    print(f"[query] {len(index)} queries ({cfg.query.mode}) -> {run_dir / 'queries'}")
+    enc = next(iter(index.values()))["text_encoder"]
+    desc = " ".join(str(x) for x in (enc.get("encoder"), enc.get("model"), enc.get("pretrained")) if x)
+    print(f"[query] {len(index)} queries ({cfg.query.mode}, text encoder {desc}) -> {run_dir / 'queries'}")
     return 0
 
 

@@ -124,7 +124,10 @@ class MappingConfig:
 class QueryConfig:
     mode: str = F("collaborative", "collaborative (COS3D) | language_only (threshold the relevancy) | instance_only (one instance from the best seed)",
                  choices=["collaborative", "language_only", "instance_only"])
-    text_encoder: str = F("hash", "hash (synthetic scenes) | table (phrase->vector file) | openclip (ViT-B-16 laion2b from ckpts/)")
+    text_encoder: str = F("auto", "auto (the encoder that made the scene's features: manifest.json, synthetic.json, "
+                                   "else LangSplat's OpenCLIP ViT-B-16 laion2b) | hash (synthetic scenes) | table "
+                                   "(phrase->vector file) | openclip (weights from ckpts/)",
+                          choices=["auto", "hash", "table", "openclip"])
     text_table: str = F("", "table encoder: JSON/pt phrase->vector file; empty = <scene>/text_features.json")
     negatives: list[str] = F(["object", "things", "stuff", "texture"], "canonical negative phrases (LERF / LangSplat)")
     temperature: float = F(10.0, "relevancy softmax temperature (LERF: 10)")

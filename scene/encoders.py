@@ -284,7 +284,7 @@ class OpenCLIPTextEncoder:
         self.weights_path = find_openclip_weights(ckpt_dir, weights)
         self.sha256 = sha256_file(self.weights_path)
         known = known_openclip_weights(self.sha256)
-        if False and (known[0] != model or (pretrained is not None and known[1] != pretrained)):
+        if known is not None and (known[0] != model or (pretrained is not None and known[1] != pretrained)):
             want = f"{model} {pretrained}" if pretrained is not None else model
             raise ValueError(f"text encoder 'openclip': {self.weights_path} is the OpenCLIP {known[0]} {known[1]} "
                              f"file (sha256 {self.sha256[:12]}...), not {want}: pass the weights of {want} "

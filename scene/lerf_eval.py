@@ -336,15 +336,16 @@ def _rows(results: dict):
 
 def write_metrics(results: dict, out_dir) -> tuple[Path, Path]:
     """Write ``metrics.json`` (everything, per-unit IoUs included) and ``metrics.csv``
-    (``scene_name,units,mIoU,Acc@0.25,Acc@0.5``; one row per scene, then ``mean``; 2 decimals)."""
+    (``scene_name,units,mIoU,Acc@0.25,Acc@0.5,text_encoder``; one row per scene, then ``mean``;
+    2 decimals; ``text_encoder`` as recorded by the caller, empty when unknown)."""
     out_dir = Path(out_dir)
     jpath, cpath = out_dir / "metrics.json", out_dir / "metrics.csv"
     _atomic_write_text(jpath, json.dumps(results, indent=2) + "\n")
     buf = io.StringIO()
     wr = csv.writer(buf, lineterminator="\n")
-    wr.writerow(["scene_name", "units", *METRIC_KEYS])
+    wr.writerow(["scene_name", "units", *METRIC_KEYS, "text_encoder"])
     for name, r in _rows(results):
-        wr.writerow([name, r["units"], *(f"{r[k]:.2f}" for k in METRIC_KEYS)])
+        wr.writerow([name, r["units"], *(f"{r[k]:.2f}" for k in METRIC_KEYS), r.get("text_encoder", "")])
     _atomic_write_text(cpath, buf.getvalue())
     return jpath, cpath
 

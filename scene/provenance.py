@@ -168,7 +168,9 @@ def describe_space(prov: dict) -> str:
 
 
 def _short_source(prov: dict) -> str:
-    return "no record: assumed LangSplat's default" if prov["source"] == DEFAULT_SOURCE else prov["source"]
+    if prov["source"] != DEFAULT_SOURCE:
+        return prov["source"]
+    return "no record: assumed LangSplat's default" if prov.get("model") else "no record"
 
 
 # ---------------------------------------------------------------------------------------------

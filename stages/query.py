@@ -20,12 +20,12 @@ from tqdm import tqdm
 
 from arguments import Config
 from gaussian_renderer import render
-from scene.encoders import build_text_encoder
 from scene.grounding import relevancy, rescale, select
 
 from .mapping import load_instance_model, load_language_field
 from scene.atomic import atomic_path, np_save, write_json
 from scene.names import safe_stem
+from scene.provenance import TextEncoderMismatchError, build_resolved_encoder, resolve_text_encoder
 
 from .rundir import StageError
 
@@ -70,15 +70,17 @@ def model_id(run_dir: Path) -> dict:
 
 
 def build_encoder(cfg: Config, run_dir: Path | None = None):
-    """(encoder, a description of it for the records)."""
+    """(encoder, its resolved record): ``query.text_encoder: auto`` follows what made the scene's
+    features (``scene/provenance.py``); an explicit choice that cannot match them is refused."""
     q = cfg.query
-    if q.text_encoder == "table":
-        path = q.text_table or str(Path(cfg.data.source_path) / "text_features.json")
-        return build_text_encoder("table", path=path), {"encoder": "table"}
-    if q.text_encoder == "openclip":  # weights from $CKPT_DIR or <repo>/ckpts; phrases cached per run
-        cache = Path(run_dir) / "queries" / "text_cache.pt" if run_dir is not None else None
-        return build_text_encoder("openclip", cache_path=cache), {"encoder": "openclip"}
-    return build_text_encoder(q.text_encoder), {"encoder": q.text_encoder}
+    try:
+        resolved = resolve_text_encoder(q.text_encoder, cfg.data.source_path, cfg.instance.features_folder,
+                                        q.text_table)
+        cache = (Path(run_dir) / "queries" / "text_cache.pt"
+                 if run_dir is not None and resolved["encoder"] == "openclip" else None)
+        return build_resolved_encoder(resolved, cache_path=cache)
+    except TextEncoderMismatchError as e:
+        raise StageError(str(e)) from None
 
 
 def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:

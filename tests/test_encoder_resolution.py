@@ -205,6 +205,7 @@ def test_table_of_other_dim_refused(ours, tmp_path):
 def test_table_space_check_accepts_own_table_refuses_random(synth, tmp_path):
     r = resolve_text_encoder("table", synth)  # default path: <scene>/text_features.json
     chk = r["space_check"]
+    json.dumps(r)
     assert r["encoder"] == "table" and r["dim"] == 512 and r["path"] == str(synth / "text_features.json")
     assert chk["in_space"] is True and chk["p_value"] < 1e-8 and chk["matches"] >= 6 and chk["views"] == 4
     enc, _ = build_resolved_encoder(r)

@@ -241,12 +241,13 @@ def test_mean_is_unweighted_over_scenes(tmp_path):
 def test_write_metrics_csv_and_json(tmp_path):
     lab, runs = _two_scenes(tmp_path)
     res = evaluate(["s2", "s1"], lab, lambda s: runs / s / "renders")
+    res["scenes"]["s1"]["text_encoder"] = "openclip ViT-B-16 laion2b_s34b_b88k"
     jpath, cpath = write_metrics(res, tmp_path / "out")
     assert cpath.read_text().splitlines() == [
-        "scene_name,units,mIoU,Acc@0.25,Acc@0.5",
-        "s2,3,44.44,66.67,33.33",
-        "s1,1,100.00,100.00,100.00",
-        "mean,4,72.22,83.33,66.67",
+        "scene_name,units,mIoU,Acc@0.25,Acc@0.5,text_encoder",
+        "s2,3,44.44,66.67,33.33,",
+        "s1,1,100.00,100.00,100.00,openclip ViT-B-16 laion2b_s34b_b88k",
+        "mean,4,72.22,83.33,66.67,",
     ]
     back = json.loads(jpath.read_text())
     assert back["mean"]["mIoU"] == pytest.approx(res["mean"]["mIoU"])
@@ -262,8 +263,8 @@ def test_cli_success(tmp_path, capsys):
     rc = eval_lerf.main(["--scenes", "s1", "s2", "--label_root", str(lab), "--runs_root", str(runs)])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "s2: 3 units; 1 missing predictions scored 0: frame_00001/b" in out
-    assert (runs / "metrics.csv").read_text().splitlines()[-1] == "mean,4,72.22,83.33,66.67"
+    assert "s2: 3 units, text encoder unknown; 1 missing predictions scored 0: frame_00001/b" in out
+    assert (runs / "metrics.csv").read_text().splitlines()[-1] == "mean,4,72.22,83.33,66.67,"
 
 
 def test_cli_size_mismatch_exit_2(tmp_path, capsys):

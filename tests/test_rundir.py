@@ -162,6 +162,8 @@ def test_queries_accumulate_and_any_text_is_a_safe_file(data, run, capsys):
     assert query.main(["-m", str(run), *sum((["--query", q] for q in weird), [])]) == 0
     index = json.loads((run / "queries" / "index.json").read_text())
     assert sorted(index["queries"]) == sorted(set(["a", "b", *weird]))
+    assert {v["text_encoder"]["encoder"] for v in index["queries"].values()} == {"hash"}  # auto: synthetic.json
+    assert "text_encoder" in (run / "queries" / "config.yaml").read_text()
     files = {v["file"] for v in index["queries"].values()}
     assert len(files) == len(index["queries"])  # distinct names
     for f in files:
