@@ -17,6 +17,8 @@ from typing import Any, Iterable, Union
 
 import yaml
 
+from scene.atomic import write_text
+
 from .schema import Config
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
@@ -186,9 +188,7 @@ def save_config(cfg: Config, path: str | Path, meta: dict | None = None) -> None
     data = to_dict(cfg)
     if meta:
         data["_meta"] = meta
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def read_saved_config(path: str | Path) -> tuple[Config, dict]:

@@ -43,6 +43,8 @@ import cv2
 import numpy as np
 import torch
 
+from scene.atomic import write_text
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MAX_HEIGHT = 1080  # LangSplat preprocess.py: images over 1080 px high are downscaled
 SEED = 42          # LangSplat seed_everything(42)
@@ -175,9 +177,7 @@ def _versions() -> dict:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def check_resume(out_dir: Path, settings: dict, overwrite: bool) -> None:

@@ -37,6 +37,8 @@ from typing import Callable, Protocol, Union, runtime_checkable
 import numpy as np
 import torch
 
+from .atomic import torch_save
+
 # The canonical negative phrases of LERF's relevancy (also used by LangSplat and COS3D).
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 
@@ -321,10 +323,7 @@ class OpenCLIPTextEncoder:
     def _write_disk(self) -> None:
         data = self._read_disk() if self.cache_path.is_file() else {}
         data[self.cache_key] = dict(self._cache)
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_name(f".{self.cache_path.name}.tmp")
-        torch.save(data, tmp)
-        tmp.replace(self.cache_path)
+        torch_save(data, self.cache_path)
 
     # -- model ---------------------------------------------------------------------------------
     def _load(self) -> None:

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import atomic_path, torch_save
+
 SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi)); graphdeco 3DGS utils/sh_utils.py
 CHECKPOINT_FORMAT_VERSION = 1
 REQUIRED_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
@@ -278,14 +280,8 @@ def save_ply(
     for i, n in enumerate(names):
         vertex[n] = data[:, i]
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<").write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -441,14 +437,7 @@ def save_checkpoint(
         "strategy_state": dict(strategy_state) if strategy_state is not None else {},
         "extra": dict(extra) if extra is not None else {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(ckpt, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    torch_save(ckpt, path)
     return path
 
 

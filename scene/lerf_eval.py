@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_path, write_text
 from .names import safe_stem
 
 BIN_THRESHOLD = 10  # default: value > 10 is foreground, for gt and prediction (OpenGaussian compute_lerf_iou.py)
@@ -132,9 +133,8 @@ def gt_masks_from_json(json_path) -> dict[str, np.ndarray]:
 
 def _save_mask_png(mask: np.ndarray, path: Path) -> None:
     """Write a bool [H, W] mask as a 0/255 grayscale PNG via a temp name + rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
 
 
 def ensure_gt(label_root, scene) -> Path:
@@ -321,13 +321,6 @@ def evaluate(scenes: list[str], label_root, pred_root_fn: Callable[[str], Path],
 # output
 # ----------------------------------------------------------------------------------------------
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _rows(results: dict):
     for name, r in results["scenes"].items():
         yield name, r
@@ -340,13 +333,13 @@ def write_metrics(results: dict, out_dir) -> tuple[Path, Path]:
     2 decimals; ``text_encoder`` as recorded by the caller, empty when unknown)."""
     out_dir = Path(out_dir)
     jpath, cpath = out_dir / "metrics.json", out_dir / "metrics.csv"
-    _atomic_write_text(jpath, json.dumps(results, indent=2) + "\n")
+    write_text(jpath, json.dumps(results, indent=2) + "\n")
     buf = io.StringIO()
     wr = csv.writer(buf, lineterminator="\n")
     wr.writerow(["scene_name", "units", *METRIC_KEYS, "text_encoder"])
     for name, r in _rows(results):
         wr.writerow([name, r["units"], *(f"{r[k]:.2f}" for k in METRIC_KEYS), r.get("text_encoder", "")])
-    _atomic_write_text(cpath, buf.getvalue())
+    write_text(cpath, buf.getvalue())
     return jpath, cpath
 
 

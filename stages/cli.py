@@ -14,14 +14,21 @@ from .rundir import StageError
 USER_ERRORS = (ConfigError, StageError, FileNotFoundError, ValueError, KeyError)
 
 
+def _message(e: BaseException) -> str:
+    if isinstance(e, KeyError) and e.args:  # KeyError's str() adds quotes
+        return str(e.args[0])
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"  # a full disk, a permission, a name too long, ...
+    return str(e)
+
+
 def run_cli(run, args) -> int:
     try:
         return run(args)
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, OSError) as e:
         if getattr(args, "debug", False):
             traceback.print_exc()
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
