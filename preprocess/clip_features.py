@@ -18,14 +18,13 @@ so open_clip never downloads; ``HF_HUB_OFFLINE=1`` is set as well.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from .weights import OPENCLIP_PAGE, WeightsError, offline_hub, unreadable_weights
+from scene.foundation import embed_dim
 
 CROP_SIZE = 224
 # OpenAI CLIP normalisation used by LangSplat's OpenCLIPNetwork (and open_clip's ViT-B-16 config)
@@ -61,59 +60,6 @@ def level_crops(image: np.ndarray, records: list[dict[str, Any]], size: int = CR
     if not records:
         return np.zeros((0, size, size, 3), dtype=np.uint8)
     return np.stack([mask_crop(image, r["segmentation"], r["bbox"], size) for r in records])
-
-
-def pick_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
-    """``"auto"``/None: CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"``: fp16 on CUDA (LangSplat), fp32 elsewhere; else ``"fp16"`` / ``"fp32"``."""
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp16", "fp32"):
-        raise ValueError(f"precision must be auto, fp16 or fp32, got {precision!r}")
-    return precision
-
-
-def load_openclip(model_name: str, weights: Union[str, Path], device, precision: str = "fp32"):
-    """``open_clip.create_model(model_name, pretrained=<weights file>)`` in eval mode on ``device``.
-
-    Errors name the file: unknown model config -> ValueError; a file that is unreadable or does
-    not match the architecture -> :class:`WeightsError`."""
-    offline_hub()
-    import open_clip
-
-    weights = Path(weights)
-    if not weights.is_file():
-        raise FileNotFoundError(f"OpenCLIP weights not found: {weights} (download from {OPENCLIP_PAGE})")
-    if open_clip.get_model_config(model_name) is None:
-        raise ValueError(f"unknown OpenCLIP model {model_name!r}: not an open_clip config "
-                         f"(e.g. ViT-B-16; see open_clip.list_models())")
-    try:
-        model = open_clip.create_model(model_name, pretrained=str(weights.resolve()), precision=precision,
-                                       device=torch.device(device))
-    except Exception as e:  # RuntimeError from load_state_dict, pickle/safetensors errors
-        raise WeightsError(f"{weights}: does not load into OpenCLIP {model_name} ({unreadable_weights(e)} ...); "
-                           f"expected the ViT-B-16 laion2b_s34b_b88k file from {OPENCLIP_PAGE}") from None
-    return model.eval()
-
-
-def embed_dim(model) -> int:
-    """Output width of ``model.encode_image`` / ``encode_text`` (512 for ViT-B-16)."""
-    proj = getattr(model, "text_projection", None)
-    if isinstance(proj, torch.Tensor):
-        return int(proj.shape[-1])
-    out = getattr(getattr(model, "visual", None), "output_dim", None)
-    if out is None:
-        raise ValueError("cannot tell the embedding width of this OpenCLIP model")
-    return int(out)
 
 
 class OpenCLIPImageEncoder:

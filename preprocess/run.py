@@ -205,7 +205,7 @@ def check_resume(out_dir: Path, settings: dict, overwrite: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .mask_filter import LANGSPLAT_NMS
     from .sam_levels import LANGSPLAT_AMG, SAM_BUILDERS
-    from .weights import DEFAULT_CLIP_MODEL
+    from scene.foundation import DEFAULT_CLIP_MODEL
 
     p = argparse.ArgumentParser(prog="python -m preprocess.run",
                                 description="SAM 4-level masks + OpenCLIP per-mask features (LangSplat format).")
@@ -237,10 +237,12 @@ def run(args) -> dict:
     """Runs the preprocessing described by parsed ``args``; returns a summary dict."""
     from tqdm import tqdm
 
-    from .clip_features import OpenCLIPImageEncoder, load_openclip, pick_device, resolve_precision
+    from scene.foundation import load_openclip, pick_device, resolve_precision
+
+    from .clip_features import OpenCLIPImageEncoder
     from .mask_filter import LANGSPLAT_NMS
     from .sam_levels import LANGSPLAT_AMG, LevelMaskGenerator, load_sam
-    from .weights import checkpoint_dir, find_openclip_weights, find_sam_checkpoint, sha256_file
+    from scene.foundation import checkpoint_dir, find_openclip_weights, find_sam_checkpoint, sha256_file
 
     scene = Path(args.source_path)
     files = list_images(scene, args.images)

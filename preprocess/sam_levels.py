@@ -33,7 +33,7 @@ from segment_anything.utils.amg import (MaskData, area_from_rle, batch_iterator,
                                         uncrop_boxes_xyxy, uncrop_masks, uncrop_points)
 from torchvision.ops.boxes import batched_nms, box_area
 
-from .weights import SAM_CHECKPOINTS, SAM_PAGE, WeightsError, unreadable_weights
+from scene.foundation import SAM_CHECKPOINTS, SAM_PAGE, WeightsError, unreadable_weights
 
 LEVELS = ("default", "s", "m", "l")
 

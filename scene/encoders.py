@@ -269,8 +269,8 @@ class OpenCLIPTextEncoder:
     def __init__(self, ckpt_dir=None, model: str = "ViT-B-16", weights=None, device="auto",
                  precision: str = "auto", cache_path=None, batch_size: int = 256,
                  pretrained: Union[str, None] = None):
-        from preprocess.clip_features import pick_device, resolve_precision
-        from preprocess.weights import find_openclip_weights, offline_hub, sha256_file
+        from scene.foundation import pick_device, resolve_precision
+        from scene.foundation import find_openclip_weights, offline_hub, sha256_file
 
         offline_hub()
         import open_clip
@@ -329,7 +329,7 @@ class OpenCLIPTextEncoder:
     def _load(self) -> None:
         import open_clip
 
-        from preprocess.clip_features import load_openclip
+        from scene.foundation import load_openclip
 
         self._model = load_openclip(self.model_name, self.weights_path, self.device, self.precision)
         self._tokenizer = open_clip.get_tokenizer(self.model_name)
@@ -364,8 +364,8 @@ class OpenCLIPTextEncoder:
 
 def known_openclip_weights(sha256: str) -> Union[tuple, None]:
     """``(model, pretrained tag)`` of a published OpenCLIP weights file with this sha256 (the files
-    listed in ``preprocess.weights.OPENCLIP_FILES``: ViT-B-16 laion2b_s34b_b88k), else ``None``."""
-    from preprocess.weights import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_TAG, OPENCLIP_FILES
+    listed in ``scene.foundation.OPENCLIP_FILES``: ViT-B-16 laion2b_s34b_b88k), else ``None``."""
+    from scene.foundation import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_TAG, OPENCLIP_FILES
 
     known = {f.sha256: (DEFAULT_CLIP_MODEL, DEFAULT_CLIP_TAG) for f in OPENCLIP_FILES if f.sha256}
     known.update(EXTRA_OPENCLIP_WEIGHTS)

@@ -257,7 +257,7 @@ def test_build_resolved_openclip_checks_weights(tmp_path):
     ckpts.mkdir()
     w = ckpts / "open_clip_pytorch_model.bin"
     w.write_bytes(b"not real weights, hashed only: the model loads on the first encode")
-    from preprocess.weights import sha256_file
+    from scene.foundation import sha256_file
 
     scene = tmp_path / "real"
     write_manifest(make_features(scene), sha=sha256_file(w))

@@ -110,7 +110,7 @@ def test_openclip_model_and_pretrained(tmp_path, monkeypatch):
     Construction only hashes the file (the model loads on the first encode), so fake bytes do here."""
     pytest.importorskip("open_clip")
     import scene.encoders as encoders
-    from preprocess.weights import sha256_file
+    from scene.foundation import sha256_file
 
     w = tmp_path / "open_clip_model.safetensors"
     w.write_bytes(b"pretend these are the laion weights")

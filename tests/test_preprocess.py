@@ -26,10 +26,11 @@ from segment_anything.utils.amg import batched_mask_to_box, box_xyxy_to_xywh
 
 import preprocess.run as prun
 from preprocess import sam_levels
-from preprocess.clip_features import CLIP_MEAN, CLIP_STD, OpenCLIPImageEncoder, level_crops, load_openclip, mask_crop
+from preprocess.clip_features import CLIP_MEAN, CLIP_STD, OpenCLIPImageEncoder, level_crops, mask_crop
+from scene.foundation import load_openclip
 from preprocess.mask_filter import LANGSPLAT_NMS, masks_update
 from preprocess.sam_levels import LANGSPLAT_AMG, LEVELS, LevelMaskGenerator, load_sam
-from preprocess.weights import WeightsError
+from scene.foundation import WeightsError
 from scene.colmap import ColmapCamera, ColmapImage, write_model
 from scene.dataset import load_scene
 from scene.encoders import (CANONICAL_NEGATIVES, ImageEncoder, OpenCLIPTextEncoder, TextEncoder,

@@ -1,4 +1,7 @@
-"""Local weight files for the real preprocessing: lookup, sha256, and errors that say where to get them.
+"""The foundation models' one home: local weight files (lookup, sha256, errors that say where to get
+them) and OpenCLIP loading (device, precision), used by the preprocessing (SAM, the image tower) and
+by the query (the text tower). SAM's architecture builders stay with the mask generator
+(``preprocess/sam_levels.py``), its only user.
 
 Nothing here touches the network. The files live in a checkpoint folder (``--ckpt_dir``; default
 ``$CKPT_DIR`` or ``<repo>/ckpts``), see ``ckpts/README.md``:
@@ -8,7 +11,7 @@ Nothing here touches the network. The files live in a checkpoint folder (``--ckp
 * OpenCLIP ViT-B-16 ``laion2b_s34b_b88k``: ``open_clip_model.safetensors`` or
   ``open_clip_pytorch_model.bin`` from the Hugging Face repo ``laion/CLIP-ViT-B-16-laion2B-s34B-b88K``.
 
-Sizes and hashes are the ones in spec ``langsplat_preprocess.md`` §4. The SAM numbers come from
+Sizes and hashes are those of LangSplat's preprocessing notes (see ``ckpts/README.md``). The SAM numbers come from
 third-party code (UNVERIFIED); they are only shown in messages, never enforced: the manifest
 records the sha256 of the file actually used.
 """
@@ -19,6 +22,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,3 +167,58 @@ def offline_hub() -> None:
         hc.HF_HUB_OFFLINE = True
     except Exception:  # not installed / layout changed: the env variable is all we can do
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenCLIP: device, precision, loading (the text tower for queries, the image tower for preprocessing)
+def pick_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
+    """``"auto"``/None: CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"``: fp16 on CUDA (LangSplat), fp32 elsewhere; else ``"fp16"`` / ``"fp32"``."""
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp16", "fp32"):
+        raise ValueError(f"precision must be auto, fp16 or fp32, got {precision!r}")
+    return precision
+
+
+def load_openclip(model_name: str, weights: Union[str, Path], device, precision: str = "fp32"):
+    """``open_clip.create_model(model_name, pretrained=<weights file>)`` in eval mode on ``device``.
+
+    Errors name the file: unknown model config -> ValueError; a file that is unreadable or does
+    not match the architecture -> :class:`WeightsError`."""
+    offline_hub()
+    import open_clip
+
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"OpenCLIP weights not found: {weights} (download from {OPENCLIP_PAGE})")
+    if open_clip.get_model_config(model_name) is None:
+        raise ValueError(f"unknown OpenCLIP model {model_name!r}: not an open_clip config "
+                         f"(e.g. ViT-B-16; see open_clip.list_models())")
+    try:
+        model = open_clip.create_model(model_name, pretrained=str(weights.resolve()), precision=precision,
+                                       device=torch.device(device))
+    except Exception as e:  # RuntimeError from load_state_dict, pickle/safetensors errors
+        raise WeightsError(f"{weights}: does not load into OpenCLIP {model_name} ({unreadable_weights(e)} ...); "
+                           f"expected the ViT-B-16 laion2b_s34b_b88k file from {OPENCLIP_PAGE}") from None
+    return model.eval()
+
+
+def embed_dim(model) -> int:
+    """Output width of ``model.encode_image`` / ``encode_text`` (512 for ViT-B-16)."""
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, torch.Tensor):
+        return int(proj.shape[-1])
+    out = getattr(getattr(model, "visual", None), "output_dim", None)
+    if out is None:
+        raise ValueError("cannot tell the embedding width of this OpenCLIP model")
+    return int(out)
