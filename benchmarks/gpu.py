@@ -1,8 +1,8 @@
 """GPU benchmark of the whole method on a generated LERF-sized scene: wall time and peak memory per stage,
 and query latency against the number of Gaussians.
 
-    python benchmarks/gpu.py                     # CUDA: the `large` preset (200 views, 988x731), paper schedules
-    python benchmarks/gpu.py --cpu-sized         # any machine: the `default` preset (48 views, 192x144),
+    python -m benchmarks.gpu                     # CUDA: the `large` preset (200 views, 988x731), paper schedules
+    python -m benchmarks.gpu --cpu-sized         # any machine: the `default` preset (48 views, 192x144),
                                                  # schedules 1/100 of the paper's, a few minutes on CPU
 
 Stages, each driven through the project's own entry points in this process (train.py / query.py main
@@ -37,8 +37,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 # paper schedules (arguments/default.yaml) and the CPU-sized ones (1/100, densification scaled alike)
 FULL = {"preset": "large", "rgb_iters": 30000, "instance_iters": 30000, "instance_short_iters": 3000,
@@ -138,7 +136,7 @@ def render_frames(run: Path, n_frames: int, queries: list[str]) -> dict:
 def latency_sweep(sizes: list[int], device: torch.device, n_queries: int = 5) -> list[dict]:
     """benchmarks/query_latency.py's field and timing, with peak memory: relevancy (1 query, 4
     negatives) + rescale, then the collaborative refinement; medians over n_queries after a warm-up."""
-    from query_latency import time_queries
+    from benchmarks.query_latency import time_queries
 
     rows = []
     for n in sizes:

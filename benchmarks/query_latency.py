@@ -14,13 +14,11 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scene.grounding import relevancy, rescale, select  # noqa: E402
+from scene.grounding import relevancy, rescale, select
 
 
 def make_field(n: int, instances: int, device, seed: int = 0):

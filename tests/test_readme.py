@@ -59,7 +59,7 @@ SKIP = [
     (r"^conda\b", "conda environment set-up", False),
     (r"^export\b", "environment set-up", False),
     (r"\bpython3? -c\b", "builds gsplat's CUDA kernels", False),
-    (r"\bpython3? benchmarks/", "benchmarks: minutes, gpu.py needs CUDA", False),
+    (r"\bpython3? (benchmarks/|-m benchmarks\.)", "benchmarks: minutes, gpu.py needs CUDA", False),
 ]
 # README commands that run a script or CLI of this repo
 REPO_COMMAND = re.compile(r"(^|[\s;&|(])(bash script/\w+\.sh|python3? (train|query|render|eval_lerf)\.py"

@@ -4,15 +4,12 @@ and the DefaultStrategy hook-up."""
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from dense_reference import dense_rasterize  # noqa: E402
+from dense_reference import dense_rasterize  # tests/ is on pytest's pythonpath (pyproject.toml)
 
 from gaussian_renderer import BACKENDS, RenderOutput, render, resolve_backend  # noqa: E402
 from gaussian_renderer.projection import covariance_3d, isect_tiles, project_gaussians  # noqa: E402
