@@ -1,6 +1,6 @@
 """Two jobs on one machine: the training step rate of one job alone and beside a second identical job.
 
-    python benchmarks/shared_machine.py                 # both OpenMP wait policies, 20 s per measurement
+    python benchmarks/shared_machine.py                 # PASSIVE vs the runtime default, 20 s per measurement
     python benchmarks/shared_machine.py --seconds 10 --policies PASSIVE
 
 Each job is a separate process running a 3DGS-like training step (C++ CPU rasterizer, 20k Gaussians,
@@ -8,7 +8,8 @@ Each job is a separate process running a 3DGS-like training step (C++ CPU raster
 two such processes at the same time; the ratio is paired / solo for one job (0.5 = a fair share of a
 machine the job saturates alone; far below 0.5 = the jobs waste the machine fighting over it).
 ``PASSIVE`` (what the project's entry points set, see ``stages/__init__.py``) lets waiting OpenMP
-threads sleep; ``ACTIVE`` makes them spin, the runtime's behaviour under contention before.
+threads sleep; ``unset`` is the OpenMP runtime's default (spin a while, then sleep: the behaviour
+before); ``ACTIVE`` makes them spin.
 """
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ def worker(seconds: float, threads: int) -> None:
 
 
 def launch(n_jobs: int, policy: str, seconds: float, threads: int) -> list[float]:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy != "unset":
+        env["OMP_WAIT_POLICY"] = policy
     cmd = [sys.executable, __file__, WORKER, str(seconds), str(threads)]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(n_jobs)]
     rates = []
@@ -75,8 +78,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per job (default 20)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per job; 0 = torch's default (default 0)")
-    p.add_argument("--policies", nargs="+", default=["PASSIVE", "ACTIVE"], choices=["PASSIVE", "ACTIVE"],
-                   help="OMP_WAIT_POLICY values to compare (default: both)")
+    p.add_argument("--policies", nargs="+", default=["PASSIVE", "unset"], choices=["PASSIVE", "unset", "ACTIVE"],
+                   help="OMP_WAIT_POLICY values to compare; unset = the runtime's default (default: PASSIVE unset)")
     args = p.parse_args()
     print(f"cores: {os.cpu_count()}, {args.seconds:.0f} s per job, torch threads: {args.threads or 'default'}")
     print(f"{'policy':<8} {'solo it/s':>10} {'paired it/s (each)':>22} {'paired/solo':>12}")
@@ -84,7 +87,7 @@ def main() -> None:
         solo = launch(1, policy, args.seconds, args.threads)[0]
         paired = launch(2, policy, args.seconds, args.threads)
         each = " / ".join(f"{r:.1f}" for r in paired)
-        print(f"{policy:<8} {solo:>10.1f} {each:>22} {min(paired) / solo:>12.2f}")
+        print(f"{policy:<8} {solo:>10.1f} {each:>22} {min(paired) / solo:>12.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ ValueError -- use the torch backend for float64, e.g. in gradchecks):
 * returns color [H,W,D] (composited over bg) and alpha [H,W,1].
 
 The constants (alpha threshold 1/255, max alpha, transmittance 1e-4) are gsplat's, shared with
-``torch_backend``. Threads: ``torch.get_num_threads()``.
+``torch_backend``. Threads: ``torch.get_num_threads()``; the image and the gradients are
+bit-identical for any thread count and from run to run (the backward sums in a fixed order).
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -443,7 +444,12 @@ void forward_impl(Scene& S, int64_t N, int n_tiles, int nthreads, float* color, 
 }
 
 // Memory for the per-intersection gradient slots; a larger scene runs in chunks of whole tiles.
-constexpr size_t kSlotBytes = size_t(512) << 20;
+// COS3D_RASTER_SLOT_BYTES overrides it (the tests use it to exercise the chunking).
+static size_t slot_budget() {
+    const char* env = std::getenv("COS3D_RASTER_SLOT_BYTES");
+    const unsigned long long v = env ? std::strtoull(env, nullptr, 10) : 0;
+    return v > 0 ? size_t(v) : size_t(512) << 20;
+}
 
 // Deterministic backward: pass 1 (tiles, any schedule) writes each intersection's gradient into a
 // slot of its tile; pass 2 adds, per Gaussian, its slots in tile order onto the output (a Gaussian
@@ -458,7 +464,7 @@ void backward_impl(Scene& S, int64_t N, int n_tiles, int nthreads, const float* 
     const int64_t stride = kGradStride + D;
     const int64_t M = S.offsets[n_tiles];
     // slots per chunk: the memory budget, but at least the longest tile list, at most M
-    int64_t cap = std::max<int64_t>(1, int64_t(kSlotBytes / (size_t(stride) * sizeof(float))));
+    int64_t cap = std::max<int64_t>(1, int64_t(slot_budget() / (size_t(stride) * sizeof(float))));
     for (int t = 0; t < n_tiles; ++t) cap = std::max(cap, S.offsets[t + 1] - S.offsets[t]);
     cap = std::max<int64_t>(1, std::min(cap, M));
     std::unique_ptr<float[]> slots(new float[size_t(cap) * stride]);  // written before read
