@@ -44,7 +44,7 @@ def run(args) -> int:
 
     run_dir = Path(args.model_path)
     cfg = load_run_config(run_dir, args.config, args.overrides)
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
     device = resolve_device(cfg.run.device)
     queries = args.query or default_queries(cfg)
     with RunLock(run_dir, "query.py"):

@@ -177,7 +177,7 @@ def run(args) -> int:
                            predecessor=stage.predecessor, inputs=stage_inputs(stage, scene, cfg, args.init_ply)):
             print(f"[{stage.name}] already finished in {run_dir / stage.name} (use --force to redo it)")
             return 0
-        seed_everything(cfg.run.seed)
+        seed_everything(cfg.run.seed, cfg.run.deterministic)
         summary = stage.run(cfg, run_dir, scene, device, args)
         mark_done(run_dir, stage.name, summary, {k: run_dir / k for k in stage.outputs})
     print(f"[{stage.name}] done: {stage.report(summary)}")

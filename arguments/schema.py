@@ -25,6 +25,8 @@ class RunConfig:
     seed: int = F(0, "random seed of every stage (COS3D's safe_state uses 0)")
     num_threads: int = F(0, "torch CPU threads; 0 = torch's default (one per core)", min=0)
     progress: bool = F(True, "show tqdm progress bars")
+    deterministic: bool = F(True, "bit-identical reruns: torch's deterministic algorithms (warn-only) and, on CUDA, "
+                                  "a fixed cuBLAS workspace; gsplat's atomic adds stay non-deterministic (README)")
 
 
 @dataclass

@@ -64,10 +64,15 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed every RNG; with ``deterministic``, ask torch for its deterministic kernels (warn-only: an
+    op without one warns instead of failing). The C++ CPU rasterizer is deterministic by design."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reproducibility (torch docs)
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 # ---------------------------------------------------------------------------------------------
