@@ -1,16 +1,19 @@
 """Synthetic open-vocabulary benchmark: the whole method on generated LERF-OVS-shaped scenes.
 
-    python benchmarks/synthetic_ovs.py [--seeds 0 1 2] [--preset default] [--out output/bench_ovs]
+    python benchmarks/synthetic_ovs.py [--seeds 0 1 2] [--repeats 1] [--preset default] [--out output/bench_ovs]
 
-For every seed: generate the scene, train rgb -> instance -> mapping (arguments/synthetic_cpu.yaml),
-then query + render + evaluate with the collaborative inference, language-only, instance-only, and
-with the MLP mapping (its own mapping stage, sharing rgb/instance). Prints one table of
-mIoU / mAcc@0.25 per scene and mean, per variant, plus stage timings, and writes results.json.
+For every seed: generate the scene; then, --repeats times, train rgb -> instance -> mapping
+(arguments/synthetic_cpu.yaml) into a fresh run and query + render + evaluate with the collaborative
+inference, language-only, instance-only, and with the MLP mapping (its own mapping stage, sharing
+rgb/instance). Prints mIoU / mAcc@0.25 per run, per variant: the mean +- std over all runs, the
+seed-to-seed std (of the per-seed means) and the repeat std (same seed, same command; 0 when the
+runs are bit-identical), plus stage timings; writes results.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import subprocess
 import sys
@@ -37,6 +40,7 @@ def sh(*cmd, env=None):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="scene seeds (one scene each)")
+    p.add_argument("--repeats", type=int, default=1, help="runs of the same command per seed (default 1)")
     p.add_argument("--preset", default="default", help="synthetic noise preset (clean | default | hard)")
     p.add_argument("--out", default=str(REPO / "output" / "bench_ovs"), help="data + runs + results folder")
     p.add_argument("--argfile", default=str(REPO / "arguments" / "synthetic_cpu.yaml"),
@@ -45,54 +49,76 @@ def main(argv=None) -> int:
     out = Path(a.out)
     data = out / "data"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    results: dict = {"preset": a.preset, "seeds": a.seeds, "scenes": {}}
+    results: dict = {"preset": a.preset, "seeds": a.seeds, "repeats": a.repeats, "scenes": {}}
     quiet = ["--set", "run.progress=false"]
     for seed in a.seeds:
         name = f"{a.preset}_s{seed}"
         sh("-m", "preprocess.synthetic", "--root", data, "--scene", name, "--seed", seed, "--preset", a.preset,
            "--quiet", env=env)
-        base = out / "runs" / "kernel" / name
-        times = {}
-        for stage in ("rgb", "instance", "mapping"):
-            times[stage] = round(sh("train.py", "--stage", stage, "-s", data / name, "-m", base, "-c", a.argfile,
-                                    *quiet, env=env), 1)
-        mlp = out / "runs" / "mlp" / name
-        mlp.mkdir(parents=True, exist_ok=True)
-        for stage in ("rgb", "instance"):
-            if not (mlp / stage).exists():
-                (mlp / stage).symlink_to(base / stage)
-        times["mapping_mlp"] = round(sh("train.py", "--stage", "mapping", "-s", data / name, "-m", mlp, "-c", a.argfile,
-                                        "--set", "mapping.kind=mlp", *quiet, env=env), 1)
-        scene_res = {"seconds": times}
-        for variant, (kind, mode) in VARIANTS.items():
-            run = base if kind == "kernel" else mlp
-            t0 = time.time()
-            sh("query.py", "-m", run, "--set", f"query.mode={mode}", *quiet, env=env)
-            sh("render.py", "-m", run, *quiet, env=env)
-            ev_out = out / "eval" / variant / name
-            sh("eval_lerf.py", "--scenes", name, "--label_root", data / "label", "--runs_root", run.parent,
-               "--out", ev_out, env=env)
-            m = json.loads((ev_out / "metrics.json").read_text())["scenes"][name]
-            scene_res[variant] = {k: m[k] for k in ("units", "mIoU", "Acc@0.25", "Acc@0.5")}
-            scene_res[variant]["seconds_infer"] = round(time.time() - t0, 1)
-        results["scenes"][name] = scene_res
-        print(f"{name}: " + ", ".join(f"{v} {scene_res[v]['mIoU']:.1f}" for v in VARIANTS), flush=True)
+        for rep in range(a.repeats):
+            results["scenes"][f"{name}/r{rep}"] = run_once(a, out, data, name, rep, env, quiet)
+    report(results, out)
+    return 0
 
-    names = list(results["scenes"])
-    print(f"\nSynthetic OVS benchmark, preset '{a.preset}', seeds {a.seeds} (mIoU / mAcc@0.25, %)")
-    print(f"{'variant':<15}" + "".join(f"{n:>16}" for n in names) + f"{'mean':>16}")
+
+def run_once(a, out: Path, data: Path, name: str, rep: int, env, quiet) -> dict:
+    """One fresh training of scene ``name`` and every inference variant on it."""
+    base = out / "runs" / f"kernel_r{rep}" / name
+    times = {}
+    for stage in ("rgb", "instance", "mapping"):
+        times[stage] = round(sh("train.py", "--stage", stage, "-s", data / name, "-m", base, "-c", a.argfile,
+                                *quiet, env=env), 1)
+    mlp = out / "runs" / f"mlp_r{rep}" / name
+    mlp.mkdir(parents=True, exist_ok=True)
+    for stage in ("rgb", "instance"):
+        if not (mlp / stage).exists():
+            (mlp / stage).symlink_to(base / stage)
+    times["mapping_mlp"] = round(sh("train.py", "--stage", "mapping", "-s", data / name, "-m", mlp, "-c", a.argfile,
+                                    "--set", "mapping.kind=mlp", *quiet, env=env), 1)
+    scene_res = {"seconds": times}
+    for variant, (kind, mode) in VARIANTS.items():
+        run = base if kind == "kernel" else mlp
+        t0 = time.time()
+        sh("query.py", "-m", run, "--set", f"query.mode={mode}", *quiet, env=env)
+        sh("render.py", "-m", run, *quiet, env=env)
+        ev_out = out / "eval" / variant / name
+        sh("eval_lerf.py", "--scenes", name, "--label_root", data / "label", "--runs_root", run.parent,
+           "--out", ev_out, env=env)
+        m = json.loads((ev_out / "metrics.json").read_text())["scenes"][name]
+        scene_res[variant] = {k: m[k] for k in ("units", "mIoU", "Acc@0.25", "Acc@0.5")}
+        scene_res[variant]["seconds_infer"] = round(time.time() - t0, 1)
+    print(f"{name} r{rep}: " + ", ".join(f"{v} {scene_res[v]['mIoU']:.2f}" for v in VARIANTS), flush=True)
+    return scene_res
+
+
+def _std(xs) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def report(results: dict, out: Path) -> None:
+    runs = results["scenes"]
+    seeds = sorted({k.split("/")[0] for k in runs})
+    print(f"\nSynthetic OVS benchmark, preset '{results['preset']}', seeds {results['seeds']}, "
+          f"{results['repeats']} repeat(s) each (mIoU / mAcc@0.25, %)")
+    print(f"{'variant':<15}" + "".join(f"{n:>22}" for n in runs))
     for v in VARIANTS:
-        vals = [results["scenes"][n][v] for n in names]
-        cells = "".join(f"{x['mIoU']:>8.1f} /{x['Acc@0.25']:>6.1f}" for x in vals)
-        mi = sum(x["mIoU"] for x in vals) / len(vals)
-        ma = sum(x["Acc@0.25"] for x in vals) / len(vals)
-        results.setdefault("mean", {})[v] = {"mIoU": mi, "Acc@0.25": ma}
-        print(f"{v:<15}{cells}{mi:>8.1f} /{ma:>6.1f}")
+        print(f"{v:<15}" + "".join(f"{runs[n][v]['mIoU']:>14.2f} /{runs[n][v]['Acc@0.25']:>6.1f}" for n in runs))
+    print(f"\n{'variant':<15}{'mIoU mean +- std':>20}{'mAcc mean +- std':>20}{'seed std':>10}{'repeat std':>12}")
+    for v in VARIANTS:
+        mi = [r[v]["mIoU"] for r in runs.values()]
+        ma = [r[v]["Acc@0.25"] for r in runs.values()]
+        per_seed = {s: [runs[k][v]["mIoU"] for k in runs if k.startswith(s + "/")] for s in seeds}
+        seed_std = _std([statistics.mean(x) for x in per_seed.values()])
+        rep_std = statistics.mean(_std(x) for x in per_seed.values())
+        results.setdefault("summary", {})[v] = {"mIoU": statistics.mean(mi), "mIoU_std": _std(mi),
+                                                "Acc@0.25": statistics.mean(ma), "Acc@0.25_std": _std(ma),
+                                                "seed_std": seed_std, "repeat_std": rep_std}
+        print(f"{v:<15}{statistics.mean(mi):>12.2f} +- {_std(mi):<5.2f}{statistics.mean(ma):>12.2f} +- "
+              f"{_std(ma):<5.2f}{seed_std:>10.2f}{rep_std:>12.2f}")
     print("\nstage seconds (2 CPU cores): " + "; ".join(
-        f"{n}: " + ", ".join(f"{k} {t}" for k, t in results["scenes"][n]["seconds"].items()) for n in names))
+        f"{n}: " + ", ".join(f"{k} {t}" for k, t in runs[n]["seconds"].items()) for n in runs))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"wrote {out / 'results.json'}")
-    return 0
 
 
 if __name__ == "__main__":
