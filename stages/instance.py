@@ -20,7 +20,7 @@ from gaussian_renderer import render
 from scene.dataset import SceneData
 from scene.gaussian_model import SH_C0, load_checkpoint, load_ply, save_checkpoint, save_ply
 from scene.instance_loss import protonce_loss
-from scene.language_features import check_folder, check_ids, load_clip, load_seg
+from scene.language_features import check_ids, load_clip, load_seg
 
 from .rundir import StageError, write_json
 
@@ -79,6 +79,8 @@ def pca_preview(feat_map: torch.Tensor) -> np.ndarray:
 
 
 def train_instance(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device) -> dict:
+    """Train (or resume) the instance field. The feature folder was checked in full by the caller
+    (``train.py`` runs ``check_folder`` before the stage can be invalidated)."""
     from PIL import Image
 
     c = cfg.instance
@@ -86,7 +88,6 @@ def train_instance(cfg: Config, run_dir: Path, scene: SceneData, device: torch.d
     train_cams = scene.train_cameras
     if not train_cams:
         raise StageError(f"{scene.source_path}: no training views")
-    check_folder(scene.source_path, scene.all_cameras, c.features_folder)
     frozen = {k: v.detach() for k, v in load_ply(geometry_source(run_dir), device=device).items()
               if k != "ins_feat"}
     n = frozen["means"].shape[0]

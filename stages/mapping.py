@@ -19,7 +19,7 @@ from tqdm import tqdm
 from arguments import Config
 from scene.dataset import SceneData
 from scene.gaussian_model import describe_torch_load_error, load_ply
-from scene.language_features import check_folder, check_ids, load_clip, load_seg
+from scene.language_features import check_ids, load_clip, load_seg
 from scene.mapping import PairCollector, fit_mlp, inputs_hash, kernel_mapping, mlp_mapping, smooth_knn
 
 from .instance import render_features
@@ -47,9 +47,10 @@ def load_instance_model(run_dir: Path, device) -> dict:
 
 @torch.no_grad()
 def collect_pairs(cfg: Config, scene: SceneData, params: dict) -> dict:
+    """Mask-level (instance feature, CLIP row) pairs over every view; the feature folder was checked in
+    full by the caller (``train.py``)."""
     m = cfg.mapping
     folder = cfg.instance.features_folder
-    check_folder(scene.source_path, scene.all_cameras, folder)
     frozen = {k: v for k, v in params.items() if k != "ins_feat"}
     collector = PairCollector()
     for cam in tqdm(scene.all_cameras, desc="mapping: pairs", disable=not cfg.run.progress, dynamic_ncols=True):
