@@ -1,4 +1,4 @@
-"""Score rendered 3D selections on LERF-OVS (OpenGaussian "3D" protocol, spec/cos3d.md §6).
+"""Score rendered 3D selections on LERF-OVS (OpenGaussian "3D" protocol, docs/method.md §7).
 
     python eval_lerf.py --scenes figurines teatime ramen waldo_kitchen \\
         --label_root <DATA_ROOT>/label --runs_root output/<tag> [--out DIR]
@@ -20,14 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from scene.lerf_eval import (BIN_THRESHOLD, default_pred_name, evaluate, flat_pred_name, format_table,
+from scene.lerf_eval import (BIN_THRESHOLD, REFERENCE_UNITS, default_pred_name, evaluate, flat_pred_name, format_table,
                              write_metrics)
 from arguments import add_config_args, load_config
-from stages.cli import run_cli
+from arguments.cli import run_cli
 
-# Units (frame x category) per scene in the published protocol (spec §6.2, from peer papers):
+# Units (frame x category) per scene in the published protocol (docs/method.md §7.3, from peer papers):
 # a different count on the real data means the label folder is not the standard one.
-REFERENCE_UNITS = {"figurines": 56, "teatime": 59, "ramen": 71, "waldo_kitchen": 22}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from stages.cli import add_run_config_args, load_run_config, run_cli
-from stages.rundir import RunLock, resolve_device, seed_everything
+from arguments.cli import add_run_config_args, load_run_config, run_cli
+from scene.rundir import RunLock
+from scene.runtime import resolve_device, seed_everything
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,13 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     import json
 
-    import numpy as np
-
     from arguments import save_config
 
     from scene.gaussian_model import save_ply
     from stages.mapping import load_instance_model
-    from stages.query import default_queries, query_file, run_queries
+    from scene.selections import load_selection, query_file
+    from stages.query import default_queries, run_queries
 
     run_dir = Path(args.model_path)
     cfg = load_run_config(run_dir, args.config, args.overrides)
@@ -57,10 +57,10 @@ def run(args) -> int:
         print(f"  {q:<{width}}  {info['n_selected']:>8d} Gaussians  {1000 * info['seconds']:8.1f} ms")
     if args.export:
         params = load_instance_model(run_dir, device)
+        n = params["means"].shape[0]
         for q in index:
-            path = query_file(run_dir, q)
-            sel = np.load(path)
-            save_ply(path.with_name(path.stem + ".ply"), {k: v[sel] for k, v in params.items()})
+            sel = load_selection(run_dir, q, n)
+            save_ply(query_file(run_dir, q).with_suffix(".ply"), {k: v[sel] for k, v in params.items()})
     enc = next(iter(index.values()))["text_encoder"]
     desc = " ".join(str(x) for x in (enc.get("encoder"), enc.get("model"), enc.get("pretrained")) if x)
     print(f"[query] {len(index)} queries ({cfg.query.mode}, text encoder {desc}) -> {run_dir / 'queries'}")

@@ -24,8 +24,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from stages.cli import add_run_config_args, load_run_config, run_cli
-from stages.rundir import RunLock, StageError, resolve_device, write_json
+from arguments.cli import add_run_config_args, load_run_config, run_cli
+from scene.atomic import write_json
+from scene.errors import StageError
+from scene.rundir import RunLock
+from scene.runtime import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,15 +47,13 @@ def to_png(img: torch.Tensor, path: Path) -> None:
 
 
 def run(args) -> int:
-    from scene.dataset import load_scene
+    from scene.dataset import load_scene_from_config
 
     run_dir = Path(args.model_path)
     cfg = load_run_config(run_dir, args.config, args.overrides)
     device = resolve_device(cfg.run.device)
     off = cfg.rgb.holdout_offset
-    scene = load_scene(cfg.data.source_path, images=cfg.data.images, resolution=cfg.data.resolution,
-                       holdout_every=cfg.data.holdout_every, holdout_offset=None if off < 0 else off,
-                       max_width=cfg.data.max_width)
+    scene = load_scene_from_config(cfg.data, off)
     with RunLock(run_dir, "render.py"):
         if args.views is None:
             return render_selection_masks(cfg, run_dir, scene, device)
@@ -60,12 +61,15 @@ def run(args) -> int:
 
 
 def render_selection_masks(cfg, run_dir: Path, scene, device) -> int:
-    from scene.lerf_eval import ensure_gt, read_gt
-    from stages.query import label_root_of, read_index, render_selections, scene_name
+    from scene.lerf_labels import ensure_gt, read_gt
+    from scene.selections import read_index
+    from stages.mapping import load_instance_model
+    from stages.query import label_root_of, scene_name
+    from stages.rendering import render_selections
 
     queries = list(read_index(run_dir)["queries"])
     frames = sorted(read_gt(ensure_gt(label_root_of(cfg), scene_name(cfg))))
-    n = render_selections(cfg, run_dir, scene, frames, queries, device)
+    n = render_selections(cfg, run_dir, load_instance_model(run_dir, device), scene, frames, queries)
     print(f"[render] {n} selection masks ({len(queries)} queries x {len(frames)} labelled frames) -> {run_dir / 'renders'}")
     return 0
 
@@ -73,7 +77,7 @@ def render_selection_masks(cfg, run_dir: Path, scene, device) -> int:
 def render_views(args, cfg, run_dir: Path, scene, device) -> int:
     from gaussian_renderer import render
     from scene.gaussian_model import load_ply
-    from stages.metrics import psnr, ssim
+    from scene.image_metrics import psnr, ssim
 
     ply = run_dir / "rgb" / "point_cloud.ply"
     if not ply.is_file():
@@ -89,8 +93,7 @@ def render_views(args, cfg, run_dir: Path, scene, device) -> int:
     per_view = {}
     with torch.no_grad():
         for cam in tqdm(cams, desc=f"render {split}", disable=not cfg.run.progress):
-            out = render(params, cam, backend=cfg.renderer.backend, bg=bg, tile_size=cfg.renderer.tile_size,
-                         near=cfg.renderer.near, far=cfg.renderer.far, return_depth=args.depth)
+            out = render(params, cam, bg=bg, return_depth=args.depth, **cfg.renderer.kwargs())
             to_png(out.color, out_dir / f"{cam.image_name}.png")
             if args.depth:
                 d = out.depth[..., 0]

@@ -28,9 +28,10 @@ from typing import Callable
 import torch
 
 from arguments import ConfigError, add_config_args, load_config, read_saved_config
-from stages.cli import run_cli
-from stages.rundir import (RunLock, StageError, begin_stage, mark_done, require_finished, resolve_device,
-                           seed_everything)
+from arguments.cli import run_cli
+from scene.errors import StageError
+from scene.rundir import RunLock, begin_stage, mark_done, require_finished
+from scene.runtime import resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -157,15 +158,13 @@ def run(args) -> int:
     device = resolve_device(cfg.run.device)
     meta = {"argfiles": [str(f) for f in args.config], "overrides": list(args.overrides), "init_ply": args.init_ply}
 
-    from scene.dataset import load_scene
+    from scene.dataset import load_scene_from_config
 
     if stage.predecessor:  # before anything (even the run dir) is created
         require_finished(run_dir, stage.predecessor, stage.name)
     off = stage.holdout(cfg)
     # loading validates the scene before anything is written
-    scene = load_scene(cfg.data.source_path, images=cfg.data.images, resolution=cfg.data.resolution,
-                       holdout_every=cfg.data.holdout_every, holdout_offset=None if off < 0 else off,
-                       max_width=cfg.data.max_width)
+    scene = load_scene_from_config(cfg.data, off)
     if args.init_ply:  # bad inputs are refused before a finished stage is invalidated by them
         from scene.gaussian_model import check_ply
         check_ply(args.init_ply)

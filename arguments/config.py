@@ -18,13 +18,14 @@ from typing import Any, Iterable, Union
 import yaml
 
 from scene.atomic import write_text
+from scene.errors import UserError
 
 from .schema import Config
 
 DEFAULT_YAML = Path(__file__).with_name("default.yaml")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration value or key; the message names where it came from."""
 
 

@@ -47,6 +47,10 @@ class RendererConfig:
     near: float = F(0.01, "near plane; Gaussians closer are culled (gsplat: 0.01)")
     far: float = F(1e10, "far plane (gsplat: 1e10)")
 
+    def kwargs(self) -> dict:
+        """The keyword arguments of ``gaussian_renderer.render`` that this section sets."""
+        return {"backend": self.backend, "tile_size": self.tile_size, "near": self.near, "far": self.far}
+
 
 @dataclass
 class DensifyConfig:

@@ -6,7 +6,7 @@ and query latency against the number of Gaussians.
                                                  # schedules 1/100 of the paper's, a few minutes on CPU
 
 Stages, each driven through the project's own entry points in this process (train.py / query.py main
-functions, ``stages.query.render_selections``, ``scene.grounding``), timed one after the other:
+functions, ``stages.rendering.render_selections``, ``scene.grounding``), timed one after the other:
 
   renderer setup    resolve renderer.backend (auto: gsplat on CUDA), compiling its kernels if needed
   generate          the synthetic scene (skipped when it is already there: "cached")
@@ -119,17 +119,17 @@ def run_query(run: Path, queries: list[str]) -> dict:
 def render_frames(run: Path, n_frames: int, queries: list[str]) -> dict:
     """Every query's selection in n_frames evenly spaced views (render.py's selection writer)."""
     from arguments import read_saved_config
-    from scene.dataset import load_scene
-    from stages.query import render_selections
-    from stages.rundir import resolve_device
+    from scene.dataset import load_scene_from_config
+    from scene.runtime import resolve_device
+    from stages.mapping import load_instance_model
+    from stages.rendering import render_selections
 
     cfg, _ = read_saved_config(run / "config.yaml")
-    scene = load_scene(cfg.data.source_path, images=cfg.data.images, resolution=cfg.data.resolution,
-                       holdout_every=cfg.data.holdout_every, holdout_offset=None, max_width=cfg.data.max_width)
+    scene = load_scene_from_config(cfg.data, -1)
     cams = scene.all_cameras
     n = min(n_frames, len(cams))
     frames = [cams[round(i * (len(cams) - 1) / max(n - 1, 1))].image_name for i in range(n)]
-    masks = render_selections(cfg, run, scene, frames, queries, resolve_device(cfg.run.device))
+    masks = render_selections(cfg, run, load_instance_model(run, resolve_device(cfg.run.device)), scene, frames, queries)
     return {"frames": n, "queries": len(queries), "masks": masks}
 
 

@@ -38,6 +38,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .projection import EPS2D
+
 try:  # pure python: this does not build anything; the CUDA build happens in extension_status()
     import gsplat  # noqa: F401
 except ImportError as e:  # makes `from . import gsplat_backend` fail, which "auto" turns into a fallback
@@ -45,7 +47,6 @@ except ImportError as e:  # makes `from . import gsplat_backend` fail, which "au
 
 __all__ = ["render_gsplat", "extension_status", "available", "arch_list_problem", "EPS2D"]
 
-EPS2D = 0.3   # gsplat rasterization() default anti-aliasing dilation, also projection.project_gaussians'
 
 _STATUS: Optional[Tuple[bool, str]] = None
 

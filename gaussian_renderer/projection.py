@@ -28,6 +28,7 @@ from torch import Tensor
 RADIUS_SIGMAS = 3.33     # gsplat 1.5: box half-size in standard deviations (alpha 1/255 at opacity 1)
 FOV_CLAMP_MARGIN = 0.3   # gsplat / 3DGS: clamp x/z, y/z to 1.3x the half image extent
 DET_MIN = 1e-10          # gsplat torch reference: det.clamp(min=1e-10)
+EPS2D = 0.3              # gsplat rasterization() default: anti-aliasing dilation of the 2D covariance
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
@@ -75,7 +76,7 @@ def project_gaussians(
     height: int,
     near: float = 0.01,
     far: float = 1e10,
-    eps2d: float = 0.3,
+    eps2d: float = EPS2D,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Project 3D Gaussians to 2D (EWA splatting, gsplat 1.5.3 pinhole maths).
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 # Real SH normalisation constants (3DGS utils/sh_utils.py; Sloan, "Efficient Spherical Harmonic
 # Evaluation", JCGT 2013)
-SH_C0 = 0.28209479177387814
+SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi)); graphdeco 3DGS utils/sh_utils.py
 SH_C1 = 0.4886025119029199
 SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005,
          -1.0925484305920792, 0.5462742152960396)

@@ -1,4 +1,4 @@
-"""Per-mask CLIP crops and the OpenCLIP image encoder (LangSplat ``preprocess.py``, spec §3.1).
+"""Per-mask CLIP crops and the OpenCLIP image encoder (LangSplat ``preprocess.py``, docs/method.md §6.4).
 
 Crop of one mask (``mask_crop``), from the RGB uint8 image ``[H, W, 3]`` the SAM masks came from:
 

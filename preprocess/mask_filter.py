@@ -1,6 +1,6 @@
 """LangSplat's per-level mask post-filter (``masks_update`` / ``mask_nms``), vectorised.
 
-Semantics (spec ``langsplat_preprocess.md`` §2.2-2.4), per level, with masks sorted by descending
+Semantics (docs/method.md §6.3), per level, with masks sorted by descending
 score = ``predicted_iou * stability_score`` (float64):
 
 * IoU rule: a mask is dropped if its IoU with ANY higher-scored mask is > ``iou_thr`` (0.8), even

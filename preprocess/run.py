@@ -6,7 +6,7 @@ Reads ``<scene>/images/*`` (image files sorted by name) and writes, per image,
 ``<scene>/language_features/<stem>_s.npy`` float32 [4, H, W] (mask ids per level default/s/m/l,
 global row indices into ``_f``; -1 = no mask) and ``<stem>_f.npy`` float32 [M, 512] (unit rows),
 plus ``manifest.json`` (models, weight sha256s, thresholds, package versions, ``complete``).
-``<stem>`` is the file name cut at its first dot. Spec: ``shared/spec/langsplat_preprocess.md``.
+``<stem>`` is the file name cut at its first dot. Method: docs/method.md §6; files: docs/formats.md §3-4.
 
 Per image: read with cv2 (BGR -> RGB); if it is over 1080 px high, resize to 1080 high (or to
 ``--resolution`` px wide); SAM ``generate_levels`` (sam_levels.py) -> per-level mask NMS
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import sys
@@ -43,10 +42,12 @@ import cv2
 import numpy as np
 import torch
 
+from arguments.cli import run_cli
 from scene.atomic import write_text
+from scene.dataset import LANGSPLAT_MAX_HEIGHT, target_size_langsplat
+from scene.language_features import LEVELS, id_maps, save_features
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MAX_HEIGHT = 1080  # LangSplat preprocess.py: images over 1080 px high are downscaled
 SEED = 42          # LangSplat seed_everything(42)
 
 
@@ -85,25 +86,14 @@ def list_images(scene: Path, images: str = "images") -> list[Path]:
     return files
 
 
-def target_size(w: int, h: int, resolution: int = -1) -> tuple[int, int]:
-    """LangSplat's rule: -1 -> scale = H/1080 if H > 1080 else 1; R > 0 -> scale = W/R (R is a width);
-    new size = (int(W/scale), int(H/scale))."""
-    if resolution == -1:
-        scale = h / MAX_HEIGHT if h > MAX_HEIGHT else 1.0
-    elif resolution > 0:
-        scale = w / resolution
-    else:
-        raise ValueError(f"--resolution must be -1 or a positive target width, got {resolution}")
-    return int(w / scale), int(h / scale)
-
-
 def read_image(path: Path, resolution: int = -1) -> np.ndarray:
-    """RGB uint8 [H, W, 3] as LangSplat reads it (cv2.imread, BGR->RGB, resize rule above)."""
+    """RGB uint8 [H, W, 3] as LangSplat reads it (cv2.imread, BGR->RGB, resized by
+    ``scene.dataset.target_size_langsplat``)."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"{path}: cannot decode image (corrupt or unsupported)")
     h, w = bgr.shape[:2]
-    size = target_size(w, h, resolution)
+    size = target_size_langsplat(w, h, resolution)
     if size != (w, h):
         bgr = cv2.resize(bgr, size)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -113,54 +103,21 @@ def read_image(path: Path, resolution: int = -1) -> np.ndarray:
 # one image -> the two arrays
 # ---------------------------------------------------------------------------------------------
 def build_seg_maps(levels: dict[str, list[dict]], h: int, w: int) -> tuple[np.ndarray, list[int]]:
-    """Records per level (in LEVELS order) -> float32 [4, H, W] global ids and the per-level counts.
-
-    Masks are painted in list order (a later mask overwrites an earlier one); level j's ids are
-    offset by the counts of the levels before it; -1 = no mask."""
-    from .sam_levels import LEVELS
-
-    seg = np.full((len(LEVELS), h, w), -1, dtype=np.int32)
-    counts, offset = [], 0
-    for j, lv in enumerate(LEVELS):
-        recs = levels.get(lv, [])
-        for i, r in enumerate(recs):
-            seg[j][np.asarray(r["segmentation"], dtype=bool)] = offset + i
-        counts.append(len(recs))
-        offset += len(recs)
-    return seg.astype(np.float32), counts
+    """SAM records per level -> float32 [4, H, W] global ids and the per-level counts
+    (``scene.language_features.id_maps``: painted in list order, ids offset level by level)."""
+    return id_maps([[r["segmentation"] for r in levels.get(lv, [])] for lv in LEVELS], h, w)
 
 
 def process_image(rgb: np.ndarray, generator, encoder, nms: dict, device=None):
     """RGB uint8 [H, W, 3] -> (_s float32 [4, H, W], _f float32 [M, D], per-level counts)."""
     from .clip_features import level_crops
     from .mask_filter import masks_update
-    from .sam_levels import LEVELS
 
     levels = masks_update(generator.generate_levels(rgb), device=device, **nms)
     seg, counts = build_seg_maps(levels, *rgb.shape[:2])
     crops = np.concatenate([level_crops(rgb, levels[lv]) for lv in LEVELS])
     feats = encoder.encode(crops).numpy().astype(np.float32)
     return seg, feats, counts
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr)
-    return tmp
-
-
-def write_pair(out_dir: Path, stem: str, seg: np.ndarray, feats: np.ndarray) -> None:
-    """Writes ``<stem>_f.npy`` then ``<stem>_s.npy`` via temp names + rename (no half-written file)."""
-    tmps = []
-    try:
-        for suffix, arr in (("_f", feats), ("_s", seg)):
-            tmps.append((_save_npy(out_dir / f"{stem}{suffix}.npy", arr), out_dir / f"{stem}{suffix}.npy"))
-        for tmp, final in tmps:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in tmps:
-            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +161,8 @@ def check_resume(out_dir: Path, settings: dict, overwrite: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from .mask_filter import LANGSPLAT_NMS
-    from .sam_levels import LANGSPLAT_AMG, SAM_BUILDERS
-    from scene.foundation import DEFAULT_CLIP_MODEL
+    from .sam_levels import LANGSPLAT_AMG
+    from scene.foundation import DEFAULT_CLIP_MODEL, sam_model_types
 
     p = argparse.ArgumentParser(prog="python -m preprocess.run",
                                 description="SAM 4-level masks + OpenCLIP per-mask features (LangSplat format).")
@@ -213,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default="images", help="image folder inside the scene")
     p.add_argument("--output", default="language_features", help="output folder inside the scene")
     p.add_argument("--ckpt_dir", default=None, help="weights folder (default $CKPT_DIR or <repo>/ckpts)")
-    p.add_argument("--sam_model", default="vit_h", choices=sorted(SAM_BUILDERS))
+    p.add_argument("--sam_model", default="vit_h", choices=sam_model_types())
     p.add_argument("--sam_checkpoint", default=None, help="SAM state_dict file (default: official name in ckpt_dir)")
     p.add_argument("--clip_model", default=DEFAULT_CLIP_MODEL, help="open_clip model config name")
     p.add_argument("--clip_weights", default=None,
@@ -241,7 +198,8 @@ def run(args) -> dict:
 
     from .clip_features import OpenCLIPImageEncoder
     from .mask_filter import LANGSPLAT_NMS
-    from .sam_levels import LANGSPLAT_AMG, LevelMaskGenerator, load_sam
+    from .sam_levels import LANGSPLAT_AMG, LevelMaskGenerator
+    from scene.foundation import load_sam
     from scene.foundation import checkpoint_dir, find_openclip_weights, find_sam_checkpoint, sha256_file
 
     scene = Path(args.source_path)
@@ -303,12 +261,12 @@ def run(args) -> dict:
     bar = tqdm(todo, desc="SAM+CLIP", unit="img", disable=not todo)
     for path in bar:
         rgb = read_image(path, args.resolution)
-        if not noted and args.resolution == -1 and rgb.shape[0] == MAX_HEIGHT:
-            print(f"[preprocess] images over {MAX_HEIGHT} px high are resized to {MAX_HEIGHT} px high "
-                  f"(pass --resolution <width> to choose)")
+        if not noted and args.resolution == -1 and rgb.shape[0] == LANGSPLAT_MAX_HEIGHT:
+            print(f"[preprocess] images over {LANGSPLAT_MAX_HEIGHT} px high are resized to "
+                  f"{LANGSPLAT_MAX_HEIGHT} px high (pass --resolution <width> to choose)")
             noted = True
         seg, feats, counts = process_image(rgb, generator, encoder, nms, device)
-        write_pair(out_dir, path.name.split(".")[0], seg, feats)
+        save_features(out_dir, path.name.split(".")[0], seg, feats)
         total_masks += sum(counts)
         bar.set_postfix(masks="/".join(map(str, counts)))
     sec = time.time() - t0
@@ -320,14 +278,14 @@ def run(args) -> dict:
     return {"processed": len(todo), "skipped": len(files) - len(todo), "seconds": sec, "out_dir": out_dir}
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # WeightsError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _run_status(args) -> int:
+    run(args)
     return 0
+
+
+def main(argv=None) -> int:
+    """Bad input (WeightsError is a ValueError) -> one ``error:`` line, exit 2 (``arguments.cli.run_cli``)."""
+    return run_cli(_run_status, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

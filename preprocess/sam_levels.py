@@ -1,8 +1,8 @@
 """LangSplat's four SAM mask levels (default, s, m, l) on top of the unmodified ``segment-anything`` 1.0.
 
 LangSplat ships a fork whose ``generate`` returns a 4-tuple; we keep upstream ``generate`` intact
-and add :meth:`LevelMaskGenerator.generate_levels` to a subclass (spec
-``langsplat_preprocess.md`` §1). Per image:
+and add :meth:`LevelMaskGenerator.generate_levels` to a subclass
+(docs/method.md §6.2). Per image:
 
 * crops from ``generate_crop_boxes`` (full image + a 2x2 grid with ``crop_n_layers=1``); one image
   encoding per crop, shared by all four levels;
@@ -20,61 +20,23 @@ Records are upstream's dicts: ``segmentation`` bool ``[H, W]``, ``area`` int, ``
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
-from segment_anything.modeling import Sam
+from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import (MaskData, area_from_rle, batch_iterator, batched_mask_to_box,
                                         box_xyxy_to_xywh, calculate_stability_score, generate_crop_boxes,
                                         is_box_near_crop_edge, mask_to_rle_pytorch, rle_to_mask,
                                         uncrop_boxes_xyxy, uncrop_masks, uncrop_points)
 from torchvision.ops.boxes import batched_nms, box_area
 
-from scene.foundation import SAM_CHECKPOINTS, SAM_PAGE, WeightsError, unreadable_weights
+from scene.language_features import LEVELS  # ("default", "s", "m", "l"), the order of the _s.npy levels
 
-LEVELS = ("default", "s", "m", "l")
-
-# LangSplat preprocess.py __main__ (spec §1.1); everything else is upstream's default
+# LangSplat preprocess.py __main__ (docs/method.md §6.2); everything else is upstream's default
 LANGSPLAT_AMG = dict(points_per_side=32, points_per_batch=64, pred_iou_thresh=0.7,
                      stability_score_thresh=0.85, box_nms_thresh=0.7, crop_n_layers=1,
                      crop_n_points_downscale_factor=1, min_mask_region_area=100)
-
-# model type -> builder of an untrained Sam (``sam_model_registry`` builders with checkpoint=None).
-# Tests register tiny architectures here.
-SAM_BUILDERS: dict[str, Callable[[], Sam]] = {k: partial(sam_model_registry[k], checkpoint=None)
-                                              for k in ("vit_h", "vit_l", "vit_b")}
-
-
-def load_sam(model_type: str, checkpoint, device) -> Sam:
-    """Builds ``model_type`` and loads the ``state_dict`` file ``checkpoint`` (strict), eval mode on ``device``."""
-    builder = SAM_BUILDERS.get(model_type)
-    if builder is None:
-        raise ValueError(f"unknown SAM model type {model_type!r}; choose one of {sorted(SAM_BUILDERS)}")
-    info = SAM_CHECKPOINTS.get(model_type)
-    where = info.source if info else SAM_PAGE
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip/pickle errors of a truncated or foreign file
-        # never torch's "re-run with weights_only=False" advice: that would unpickle an untrusted file
-        raise WeightsError(f"{checkpoint}: cannot read as a SAM {model_type} checkpoint, "
-                           f"{unreadable_weights(e)}; re-download it from {where}") from None
-    if not isinstance(state, dict):
-        raise WeightsError(f"{checkpoint}: cannot read as a SAM {model_type} checkpoint, it holds a "
-                           f"{type(state).__name__}, not a state_dict; re-download it from {where}")
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    sam = builder()
-    try:
-        sam.load_state_dict(state, strict=True)
-    except Exception as e:
-        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise WeightsError(f"{checkpoint}: does not load into SAM {model_type} ({first} ...); it is not the "
-                           f"{model_type} checkpoint (get it from {where})") from None
-    return sam.to(device).eval()
-
 
 class LevelMaskGenerator(SamAutomaticMaskGenerator):
     """Upstream ``SamAutomaticMaskGenerator`` plus :meth:`generate_levels` (LangSplat's 4 levels).

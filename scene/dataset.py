@@ -67,8 +67,16 @@ def colmap_intrinsics(cam: ColmapCamera, model_file: Union[str, Path]) -> np.nda
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
-def target_size(width: int, height: int, resolution: int, max_width: int = 1600) -> tuple[int, int]:
-    """The 3DGS ``--resolution`` rule (``utils/camera_utils.loadCam``) on an image of (width, height).
+# Two resize rules, on purpose: the training views follow 3DGS (width capped at 1600 px, 1/2/4/8 are
+# divisors), the SAM/CLIP preprocessing follows LangSplat (height capped at 1080 px, any R > 0 is a
+# width). COS3D inherits both, so a LERF-OVS id map can be smaller than its view (``load_seg``
+# resizes it back, same aspect). Both answer (width, height) for an image of (width, height).
+GS_MAX_WIDTH = 1600          # 3DGS utils/camera_utils.py loadCam: wider images are downscaled
+LANGSPLAT_MAX_HEIGHT = 1080  # LangSplat preprocess.py: images over 1080 px high are downscaled
+
+
+def target_size_3dgs(width: int, height: int, resolution: int, max_width: int = GS_MAX_WIDTH) -> tuple[int, int]:
+    """The 3DGS ``--resolution`` rule (``utils/camera_utils.loadCam``), used for the training views.
 
     -1: native, but downscaled to ``max_width`` wide if wider; 1/2/4/8: divided by it (Python
     ``round``); any other positive value: that width (height ``floor(h * r / w)``, as 3DGS's
@@ -84,6 +92,21 @@ def target_size(width: int, height: int, resolution: int, max_width: int = 1600)
     else:
         raise ValueError(f"resolution must be -1, 1, 2, 4, 8 or a positive target width, got {resolution}")
     return target, max(1, (height * target) // width)
+
+
+def target_size_langsplat(width: int, height: int, resolution: int = -1,
+                          max_height: int = LANGSPLAT_MAX_HEIGHT) -> tuple[int, int]:
+    """LangSplat's rule (``preprocess.py``), used for the images SAM and CLIP see (``preprocess.run``).
+
+    -1: scale = H / ``max_height`` if higher, else native; R > 0: scale = W / R (R is a width, 1/2/4/8
+    included); new size ``(int(W / scale), int(H / scale))`` (truncated, as LangSplat)."""
+    if resolution == -1:
+        scale = height / max_height if height > max_height else 1.0
+    elif resolution > 0:
+        scale = width / resolution
+    else:
+        raise ValueError(f"--resolution must be -1 or a positive target width, got {resolution}")
+    return int(width / scale), int(height / scale)
 
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -169,6 +192,14 @@ def nerfpp_radius(centers: np.ndarray) -> float:
     return r if r > 0 else 1.0
 
 
+def load_scene_from_config(data, holdout_offset: int) -> SceneData:
+    """``load_scene`` with the settings of a config's ``data`` section; ``holdout_offset < 0``: every
+    view is a training view (the stages that read all views)."""
+    return load_scene(data.source_path, images=data.images, resolution=data.resolution,
+                      holdout_every=data.holdout_every, holdout_offset=None if holdout_offset < 0 else holdout_offset,
+                      max_width=data.max_width)
+
+
 def load_scene(source_path: Union[str, Path], images: str = "images", resolution: int = -1,
                holdout_every: int = 8, holdout_offset: Optional[int] = None,
                max_width: int = 1600, verify_images: bool = True) -> SceneData:
@@ -182,7 +213,7 @@ def load_scene(source_path: Union[str, Path], images: str = "images", resolution
     is reported here rather than when training first reaches it.
 
     Intrinsics are scaled from COLMAP's calibration size to the image file's size, then to the
-    ``resolution`` rule (see ``target_size``). With ``holdout_offset`` set, sorted camera ``i``
+    ``resolution`` rule (see ``target_size_3dgs``). With ``holdout_offset`` set, sorted camera ``i``
     is a test view iff ``i % holdout_every == holdout_offset`` (3DGS: 0, COS3D: 2)."""
     root = Path(source_path)
     if not root.exists():
@@ -231,7 +262,7 @@ def load_scene(source_path: Union[str, Path], images: str = "images", resolution
         fw, fh = _image_size(path, img_file, verify_images)
         if (fw, fh) != (cam.width, cam.height):
             cam = cam.scaled(fw, fh)  # COLMAP's size is the calibration size
-        w, h = target_size(fw, fh, resolution, max_width)
+        w, h = target_size_3dgs(fw, fh, resolution, max_width)
         if resolution == -1 and (w, h) != (fw, fh) and not noted:
             print(f"[load_scene] images wider than {max_width} px are downscaled to {max_width} wide "
                   f"(pass resolution=1 to keep the native size)")

@@ -1,4 +1,4 @@
-"""Text encoders behind one narrow interface (DESIGN.md §4).
+"""Text encoders behind one narrow interface (docs/method.md §5.1).
 
 ``encode(texts)`` maps a list of Q phrases to a float32 tensor ``[Q, dim]`` whose rows are
 L2-normalised (on the CPU; callers move it to their device). Three kinds, chosen by name through
@@ -38,9 +38,6 @@ import numpy as np
 import torch
 
 from .atomic import torch_save
-
-# The canonical negative phrases of LERF's relevancy (also used by LangSplat and COS3D).
-CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
 
 
 @runtime_checkable
@@ -261,10 +258,7 @@ class OpenCLIPTextEncoder:
     Caches: every phrase encoded by this object is kept in a dict. With ``cache_path`` the vectors
     also go to a ``.pt`` file ``{"<model>|<precision>|<weights sha256>": {phrase: float32 [dim]}}``
     (written via a temp file + rename), so other weights or another precision never reuse them.
-    ``negatives``: LERF's canonical negative phrases.
     """
-
-    negatives = CANONICAL_NEGATIVES
 
     def __init__(self, ckpt_dir=None, model: str = "ViT-B-16", weights=None, device="auto",
                  precision: str = "auto", cache_path=None, batch_size: int = 256,

@@ -1,7 +1,6 @@
 """The foundation models' one home: local weight files (lookup, sha256, errors that say where to get
 them) and OpenCLIP loading (device, precision), used by the preprocessing (SAM, the image tower) and
-by the query (the text tower). SAM's architecture builders stay with the mask generator
-(``preprocess/sam_levels.py``), its only user.
+by the query (the text tower), and SAM loading (architecture builders, strict state_dict load).
 
 Nothing here touches the network. The files live in a checkpoint folder (``--ckpt_dir``; default
 ``$CKPT_DIR`` or ``<repo>/ckpts``), see ``ckpts/README.md``:
@@ -20,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -42,7 +42,7 @@ class WeightFile:
     verified: bool            # were size/sha256 checked against a download? (no, for all below)
 
 
-# spec §4.1 (sizes / sha256 UNVERIFIED: third-party tables, Meta publishes none)
+# docs/method.md §6.6, ckpts/README.md (sizes / sha256 UNVERIFIED: third-party tables, Meta publishes none)
 SAM_CHECKPOINTS: dict[str, WeightFile] = {
     "vit_h": WeightFile("sam_vit_h_4b8939.pth", SAM_URL + "sam_vit_h_4b8939.pth", 2_564_550_879,
                         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", False),
@@ -51,7 +51,7 @@ SAM_CHECKPOINTS: dict[str, WeightFile] = {
     "vit_b": WeightFile("sam_vit_b_01ec64.pth", SAM_URL + "sam_vit_b_01ec64.pth", 375_042_383,
                         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", False),
 }
-# spec §4.2 (sha256 from the HF blob pages; both files ~599 MB, exact byte counts UNVERIFIED).
+# docs/method.md §6.6, ckpts/README.md (sha256 from the HF blob pages; both files ~599 MB, exact byte counts UNVERIFIED).
 # open_clip itself prefers the safetensors file when both exist; so do we.
 OPENCLIP_FILES: tuple[WeightFile, ...] = (
     WeightFile("open_clip_model.safetensors",
@@ -222,3 +222,50 @@ def embed_dim(model) -> int:
     if out is None:
         raise ValueError("cannot tell the embedding width of this OpenCLIP model")
     return int(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# SAM
+# extra SAM architectures: model type -> builder of an untrained ``Sam`` (tests register tiny ones)
+SAM_BUILDERS: dict[str, Callable] = {}
+
+
+def sam_model_types() -> list[str]:
+    return sorted(set(SAM_CHECKPOINTS) | set(SAM_BUILDERS))
+
+
+def _sam_builder(model_type: str) -> Callable:
+    if model_type in SAM_BUILDERS:
+        return SAM_BUILDERS[model_type]
+    if model_type not in SAM_CHECKPOINTS:
+        raise ValueError(f"unknown SAM model type {model_type!r}; choose one of {sam_model_types()}")
+    from segment_anything import sam_model_registry  # the preprocess extra; the query never needs it
+
+    return partial(sam_model_registry[model_type], checkpoint=None)
+
+
+def load_sam(model_type: str, checkpoint, device):
+    """Builds SAM ``model_type`` and loads the ``state_dict`` file ``checkpoint`` (strict): a
+    ``segment_anything.modeling.Sam`` in eval mode on ``device``."""
+    builder = _sam_builder(model_type)
+    info = SAM_CHECKPOINTS.get(model_type)
+    where = info.source if info else SAM_PAGE
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip/pickle errors of a truncated or foreign file
+        # never torch's "re-run with weights_only=False" advice: that would unpickle an untrusted file
+        raise WeightsError(f"{checkpoint}: cannot read as a SAM {model_type} checkpoint, "
+                           f"{unreadable_weights(e)}; re-download it from {where}") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{checkpoint}: cannot read as a SAM {model_type} checkpoint, it holds a "
+                           f"{type(state).__name__}, not a state_dict; re-download it from {where}")
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    sam = builder()
+    try:
+        sam.load_state_dict(state, strict=True)
+    except Exception as e:
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise WeightsError(f"{checkpoint}: does not load into SAM {model_type} ({first} ...); it is not the "
+                           f"{model_type} checkpoint (get it from {where})") from None
+    return sam.to(device).eval()

@@ -38,11 +38,11 @@ from typing import Mapping, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from gaussian_renderer.sh import SH_C0
 
 from .atomic import atomic_path, torch_save
 
-SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi)); graphdeco 3DGS utils/sh_utils.py
 CHECKPOINT_FORMAT_VERSION = 1
 REQUIRED_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 # number of f_rest_* properties -> SH degree (3 * ((d+1)^2 - 1))
@@ -79,11 +79,6 @@ def sh_degree_of(params: Mapping[str, torch.Tensor]) -> int:
     if (d + 1) ** 2 != k:
         raise ValueError(f"shN has {k - 1} coefficients per channel, not (d+1)^2-1 for any degree d")
     return d
-
-
-def sh_coeffs(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """All SH coefficients [N,K,3] = cat(sh0 [N,1,3], shN [N,K-1,3]) (gsplat's ``colors`` input)."""
-    return torch.cat([params["sh0"], params["shN"]], dim=1)
 
 
 def _resize_shN(shN: torch.Tensor, sh_degree: int) -> torch.Tensor:
@@ -176,17 +171,6 @@ def random_init(
     xyz = (torch.rand(n, 3, generator=g, dtype=torch.float64) * 2.0 - 1.0) * extent
     rgb = torch.rand(n, 3, generator=g)
     return init_from_points(xyz, rgb, sh_degree=sh_degree, init_opacity=init_opacity, device=device)
-
-
-def activated(params: Mapping[str, torch.Tensor]) -> Params:
-    """Activated values: scales -> exp [N,3], quats -> unit [N,4], opacities -> sigmoid [N].
-
-    Other keys (means, sh0, shN, ins_feat, ...) are passed through unchanged."""
-    out = dict(params)
-    out["scales"] = torch.exp(params["scales"])
-    out["quats"] = F.normalize(params["quats"], dim=-1)
-    out["opacities"] = torch.sigmoid(params["opacities"])
-    return out
 
 
 def make_parameters(params: Mapping[str, torch.Tensor], requires_grad: bool = True) -> torch.nn.ParameterDict:

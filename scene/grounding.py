@@ -1,6 +1,6 @@
 """Query-time grounding of COS3D: relevancy, rescale and the selection of Gaussians.
 
-Spec ``cos3d.md`` §5.1 and §5.3 (official ``Grounding_3D.py``):
+docs/method.md §5.1-5.4 (official ``Grounding_3D.py``):
 
 * :func:`relevancy` — LERF / LangSplat relevancy of every Gaussian's language feature to each
   text query against the canonical negatives ``("object", "things", "stuff", "texture")``:
@@ -8,11 +8,11 @@ Spec ``cos3d.md`` §5.1 and §5.3 (official ``Grounding_3D.py``):
 * :func:`rescale` — per query ``s = clip(2 (R - min R)/(max R - min R + 1e-9) - 1, 0, 1)``.
 * :func:`refine_selection` — COS3D's adaptive language-to-instance prompt refinement
   (``greedy_feature_selection_with_score_filter``), written to be exact and fast at 1M Gaussians.
-* :func:`select` — one switch for the three ablation variants of the paper (§5.3 table):
+* :func:`select` — one switch for the three ablation variants of the paper (docs/method.md §5.4):
 
   ``"collaborative"``  the refinement above (the paper's method).
   ``"language_only"``  the language branch alone: ``s > language_threshold`` (0.5), i.e. the
-                       rescaled relevancy thresholded directly (spec §5.3: "a reasonable reading").
+                       rescaled relevancy thresholded directly (our reading: docs/deviations.md #20).
   ``"instance_only"``  our definition of the instance branch alone, with no relevancy acceptance:
                        the seed is the Gaussian of highest ``s`` among those with opacity
                        ``> seed_opacity``; the result is the single instance region
@@ -74,7 +74,7 @@ def relevancy(
 def rescale(r: torch.Tensor) -> torch.Tensor:
     """``r`` [N] (or [Q,N], rescaled per row) -> ``clip(2 (r - min)/(max - min + 1e-9) - 1, 0, 1)``.
 
-    Everything below the mid-range becomes 0, the maximum becomes 1 (spec §5.1)."""
+    Everything below the mid-range becomes 0, the maximum becomes 1 (docs/method.md §5.2)."""
     _need(isinstance(r, torch.Tensor) and r.ndim >= 1 and r.shape[-1] > 0, "rescale: r must be a non-empty [N] tensor")
     lo = r.amin(dim=-1, keepdim=True)
     hi = r.amax(dim=-1, keepdim=True)
@@ -102,7 +102,7 @@ def refine_selection(
     seed_opacity: float = 0.1,  # seeds need opacity > 0.1 (COS3D)
     multipliers: Sequence[float] = (0.4, 0.3, 0.2, 0.1),  # T = 1 - m d, tried in this order (loosest first)
 ) -> torch.Tensor:
-    """COS3D's greedy language-to-instance refinement (spec §5.3). Returns bool [N].
+    """COS3D's greedy language-to-instance refinement (docs/method.md §5.3). Returns bool [N].
 
     Loop: the seed g is the unprocessed Gaussian with the highest ``s`` among ``s > tau`` and
     ``opacity > seed_opacity`` (ties: lowest index, as ``argmax``); ``sim = f·f_g``; for each

@@ -1,23 +1,23 @@
 """Stage-1 loss of COS3D: ProtoNCE on rendered instance-feature pixels + a norm regulariser.
 
-Spec ``cos3d.md`` §3.3 (the official ``train_instance.py`` loss, which is Unified-Lift's
+docs/method.md §3.2 (the official ``train_instance.py`` loss, which is Unified-Lift's
 ``get_contrastive_loss`` with COS3D's φ scaling). Per training view:
 
 * ``L_reg = norm_weight * mean_p (||F_p|| - 1)^2`` over **all** pixels of the raw rendered map.
 * ``B = num_samples`` pixel indices drawn uniformly **with replacement**; every sample keeps
   ``v = F_p / (||F_p||.detach() + 1e-6)`` and its SAM id ``s``.
 * Clusters = the ids whose sample count is ``> min_cluster_size``. The id ``-1`` (pixel covered by
-  no SAM mask) is a cluster like any other (spec §10 item 6). Samples of smaller clusters are dropped.
+  no SAM mask) is a cluster like any other (as in the release, docs/method.md §3.2). Samples of smaller clusters are dropped.
 * ``u_i`` = mean of the cluster's ``v`` (not renormalised, gradient flows through it);
   ``φ_i = Σ_j ||v_j - u_i|| / (n_i ln(n_i + 10))`` then ``clip(phi_scale φ_i, phi_min, phi_max)``,
   detached (PCL / OmniSeg3D adaptive concentration).
 * ``L_NCE = (1/C) Σ_{kept samples} -log( exp(v·u_own/φ_own) / (Σ_k exp(v·u_k/φ_k) + 1e-6) )``:
-  a **sum** over samples, divided by the number of clusters C only (spec §10 item 7).
+  a **sum** over samples, divided by the number of clusters C only (as in the release, docs/method.md §3.2).
 * ``loss = loss_scale * (L_NCE + L_reg)``.
 
 Numerics: with logits ``a_k = v·u_k/φ_k`` the per-sample term is
 ``log(Σ_k exp(a_k) + 1e-6) - a_own``, computed as ``logaddexp(logsumexp_k(a_k), log 1e-6) - a_own``.
-This is the spec's expression exactly (``log(x + ε) = logaddexp(log x, log ε)``), evaluated without
+This is the expression of docs/method.md §3.2 exactly (``log(x + ε) = logaddexp(log x, log ε)``), evaluated without
 exponentiating large logits, so it never overflows for any ``phi_min > 0``.
 """
 from __future__ import annotations

@@ -4,7 +4,8 @@
   level (0 default, 1 s, 2 m, 3 l); every id is a global row index into ``_f.npy``; -1 = no mask.
 * ``_f.npy``: [M, C] float32 (C = 512 for OpenCLIP ViT-B-16) per-mask embeddings.
 
-The one loader for both the real preprocessing output and the synthetic scenes.
+The one reader and writer of the format: ``preprocess.run`` (SAM + CLIP) and the synthetic generator
+build their arrays with ``id_maps`` and write them with ``save_features``.
 """
 from __future__ import annotations
 
@@ -15,12 +16,69 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-LEVELS = {"default": 0, "s": 1, "m": 2, "l": 3}
+from scene.atomic import atomic_path
+
+# LangSplat's SAM levels in file order (``_s.npy[k]`` is level ``LEVELS[k]``); COS3D trains on 3 (l)
+LEVELS = ("default", "s", "m", "l")
+LEVEL_INDEX = {name: k for k, name in enumerate(LEVELS)}
 
 
 def feature_paths(source_path, image_name: str, folder: str = "language_features") -> tuple[Path, Path]:
     d = Path(source_path) / folder
     return d / f"{image_name}_s.npy", d / f"{image_name}_f.npy"
+
+
+def id_maps(level_masks, h: int, w: int) -> tuple[np.ndarray, list[int]]:
+    """Bool [H, W] masks per level (one sequence per entry of ``LEVELS``, in that order; any
+    iterable, consumed one level at a time) -> the ``_s`` array float32 [4, H, W] and the counts.
+
+    Masks are painted in list order (a later mask overwrites an earlier one); level k's ids are
+    offset by the counts of the levels before it, so the ``_f`` rows are the levels' masks
+    concatenated in ``LEVELS`` order; -1 = no mask (LangSplat ``preprocess.py``)."""
+    seg = np.full((len(LEVELS), h, w), -1, dtype=np.int32)
+    counts: list[int] = []
+    for masks in level_masks:
+        if len(counts) == len(LEVELS):
+            raise ValueError(f"id_maps: masks for more than the {len(LEVELS)} levels {LEVELS}")
+        k, offset = len(counts), sum(counts)
+        for i, m in enumerate(masks):
+            seg[k][np.asarray(m, dtype=bool)] = offset + i
+        counts.append(len(masks))
+    if len(counts) != len(LEVELS):
+        raise ValueError(f"id_maps: expected masks for the {len(LEVELS)} levels {LEVELS}, got {len(counts)}")
+    return seg.astype(np.float32), counts
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> None:
+    """The one ``np.save`` of ``save_features`` (tests replace it to kill a write half-way)."""
+    np.save(path, arr)
+
+
+def save_features(out_dir, stem: str, seg: np.ndarray, feats: np.ndarray) -> tuple[Path, Path]:
+    """Writes ``<out_dir>/<stem>_s.npy`` (float32 [4, H, W] ids) and ``<stem>_f.npy`` (float32 [M, C]).
+
+    Both are written under temporary names (``scene.atomic``) and renamed once both are whole, ``_f``
+    first: a killed writer leaves no half-written file, and a new view no ``_s.npy`` without its
+    ``_f.npy``. Refuses arrays that ``check_folder`` would refuse (not [4, H, W], ids that are not
+    rows of ``feats``, NaN/inf embeddings)."""
+    out_dir = Path(out_dir)
+    s_path, f_path = out_dir / f"{stem}_s.npy", out_dir / f"{stem}_f.npy"
+    seg = np.ascontiguousarray(seg, dtype=np.float32)
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    if seg.ndim != 3 or seg.shape[0] != len(LEVELS):
+        raise ValueError(f"{s_path}: expected a [{len(LEVELS)}, H, W] id map, got shape {seg.shape}")
+    if feats.ndim != 2:
+        raise ValueError(f"{f_path}: expected [masks, channels] embeddings, got shape {feats.shape}")
+    if feats.size and not np.isfinite(feats).all():
+        raise ValueError(f"{f_path}: embeddings contain NaN or inf")
+    if seg.size and (not np.isfinite(seg).all() or (seg != np.round(seg)).any()
+                     or seg.min() < -1 or seg.max() >= feats.shape[0]):
+        raise ValueError(f"{s_path}: ids must be -1 or rows of the {feats.shape[0]}-row {f_path.name}, "
+                         f"got {seg.min()}..{seg.max()}")
+    with atomic_path(s_path) as s_tmp, atomic_path(f_path) as f_tmp:
+        _write_npy(f_tmp, feats)
+        _write_npy(s_tmp, seg)
+    return s_path, f_path
 
 
 def _fix(source_path) -> str:

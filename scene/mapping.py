@@ -1,19 +1,19 @@
-"""COS3D stage 2: instance -> language mapping ("Ins2Lang"), spec §4.
+"""COS3D stage 2: instance -> language mapping ("Ins2Lang"), docs/method.md §4.
 
 Pure tensor code with plain arguments; the stage wiring (config, renderer, files) lives elsewhere.
 Every function runs on the device of its inputs; chunk sizes are arguments.
 
-* ``PairCollector`` (§4.1): streams rendered per-view instance-feature maps and level-3 SAM id maps into
+* ``PairCollector`` (docs/method.md §4.1): streams rendered per-view instance-feature maps and level-3 SAM id maps into
   mask-level pairs (anchor feature = mean of the per-pixel normalised features, NOT renormalised;
   anchor CLIP = that mask's ``_f.npy`` row, L2-normalised) and the median pixel-to-anchor distance
-  (``mean_distance.pt`` of the release is this median, §10.11).
-* ``kernel_mapping`` (§4.2, default, training-free): Nadaraya-Watson regression over the top-25 anchors
+  (``mean_distance.pt`` of the release is this median, docs/deviations.md #6).
+* ``kernel_mapping`` (docs/method.md §4.2, default, training-free): Nadaraya-Watson regression over the top-25 anchors
   by cosine distance, Gaussian kernel sigma = 0.1, computed as a per-row softmax (the release divides
-  by a chunk-global sum, which underflows to 0/0 when every distance is large, §10.9).
-* ``smooth_knn`` (§4.2 step 5): mean over the 10 nearest Gaussians in xyz, read from an unmodified
-  copy (the release smooths in place, chunk-order dependent, §10.10), renormalised.
-* ``MLPMapping`` / ``fit_mlp`` / ``mlp_mapping`` (§4.3, optional): the LangSplat-style decoder.
-* ``inputs_hash``: tags a cached language field with the exact inputs it came from (§10.14).
+  by a chunk-global sum, which underflows to 0/0 when every distance is large, docs/deviations.md #1).
+* ``smooth_knn`` (docs/method.md §4.3): mean over the 10 nearest Gaussians in xyz, read from an unmodified
+  copy (the release smooths in place, chunk-order dependent, docs/deviations.md #2), renormalised.
+* ``MLPMapping`` / ``fit_mlp`` / ``mlp_mapping`` (docs/method.md §4.4, optional): the LangSplat-style decoder.
+* ``inputs_hash``: tags a cached language field with the exact inputs it came from (docs/deviations.md #3).
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PIXEL_NORM_EPS = 1e-6   # per-pixel feature normalisation, construct_collobrative_kernel.py (spec §4.1)
-CLIP_NORM_EPS = 1e-6    # anchor CLIP normalisation, same file (spec §4.1)
-MLP_NORM_EPS = 1e-8     # feature normalisation of the MLP variant, autoencoder/ (spec §4.3)
+PIXEL_NORM_EPS = 1e-6   # per-pixel feature normalisation, construct_collobrative_kernel.py (docs/method.md §4.1)
+CLIP_NORM_EPS = 1e-6    # anchor CLIP normalisation, same file (docs/method.md §4.1)
+MLP_NORM_EPS = 1e-8     # feature normalisation of the MLP variant, autoencoder/ (docs/method.md §4.4)
 MEDIAN_BINS = 1 << 20   # histogram bins on [0, 2]: bin width 2 / 2^20 ~ 1.9e-6
 MEDIAN_RANGE = 2.0      # ||v - a|| <= ||v|| + ||a|| <= 2 for unit v and a mean of unit vectors
 
@@ -41,10 +41,10 @@ def _unit_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# §4.1 mask-level pairs
+# docs/method.md §4.1 mask-level pairs
 # ----------------------------------------------------------------------------------------------
 class PairCollector:
-    """Accumulates mask-level (instance feature, CLIP) pairs view by view (spec §4.1).
+    """Accumulates mask-level (instance feature, CLIP) pairs view by view (docs/method.md §4.1).
 
     Streaming: per view only its pairs (one row per mask) are kept, and the per-pixel distances go
     into a fixed histogram, so 250 views x 1M pixels never sit in memory at once.
@@ -165,16 +165,16 @@ class PairCollector:
 
 
 # ----------------------------------------------------------------------------------------------
-# §4.2 kernel regression and 3D smoothing
+# docs/method.md §4.2-4.3 kernel regression and 3D smoothing
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def kernel_mapping(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_clip: torch.Tensor,
                    top_k: int = 25, sigma: float = 0.1, chunk_size: int = 65536,
                    max_block_elems: int = 1 << 26) -> torch.Tensor:
-    """Per-Gaussian language features by Nadaraya-Watson kernel regression (spec §4.2 steps 1-4).
+    """Per-Gaussian language features by Nadaraya-Watson kernel regression (docs/method.md §4.2).
 
     ins_feat [N,D] raw per-Gaussian instance features (L2-normalised here)
-    anchors [M,D] pair features as stored (un-normalised means; NOT normalised, spec §10.8)
+    anchors [M,D] pair features as stored (un-normalised means; NOT normalised, docs/method.md §4.2)
     anchor_clip [M,C] pair CLIP vectors
     For each Gaussian: d_k = 1 - f.a_k; the top_k smallest d (all M if M < top_k);
     w = softmax(-d^2 / (2 sigma^2)) over those k (the safe form of exp(.)/sum exp(.), which in fp32
@@ -212,7 +212,7 @@ def kernel_mapping(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_clip: t
 
 @torch.no_grad()
 def smooth_knn(xyz: torch.Tensor, lang: torch.Tensor, k: int = 10, chunk_size: int = 65536) -> torch.Tensor:
-    """3D smoothing of a language field (spec §4.2 step 5), from a copy (spec §10.10).
+    """3D smoothing of a language field (docs/method.md §4.3), from a copy (docs/deviations.md #2).
 
     xyz [N,3] Gaussian centres; lang [N,C] per-Gaussian language features.
     out_i = normalise(mean of lang_j over the k nearest Gaussians j of i by xyz, i itself included),
@@ -242,7 +242,7 @@ def smooth_knn(xyz: torch.Tensor, lang: torch.Tensor, k: int = 10, chunk_size: i
 
 
 # ----------------------------------------------------------------------------------------------
-# §4.3 MLP mapping
+# docs/method.md §4.4 MLP mapping
 # ----------------------------------------------------------------------------------------------
 class MLPMapping(torch.nn.Module):
     """The release's decoder (autoencoder/model.py, encoder unused): Linear layers
@@ -273,11 +273,11 @@ def _mlp_loss(pred: torch.Tensor, target: torch.Tensor, cos_weight: float) -> to
 def fit_mlp(pairs_feature: torch.Tensor, pairs_clip: torch.Tensor, epochs: int = 100, lr: float = 1e-3,
             batch_size: int = 64, cos_weight: float = 1e-3, seed: int = 0, progress: bool = False,
             hidden: Sequence[int] = (32, 64, 128, 256, 256)) -> MLPMapping:
-    """Trains the MLP mapping on the pairs (spec §4.3), on pairs_feature's device.
+    """Trains the MLP mapping on the pairs (docs/method.md §4.4), on pairs_feature's device.
 
     pairs_feature [M,D] anchors (L2-normalised here, eps 1e-8); pairs_clip [M,C] targets as stored.
     Loss = MSE + cos_weight * (1 - mean cosine). The cosine is taken along the FEATURE axis (dim -1):
-    the release's dim-0 (batch-axis) cosine is a bug inherited from LangSplat (spec §4.3, §10.20).
+    the release's dim-0 (batch-axis) cosine is a bug inherited from LangSplat (docs/deviations.md #4).
     Adam(lr), batches of batch_size from a torch.Generator(seed) permutation per epoch; the weights
     are initialised under torch.manual_seed(seed) in a forked RNG (global RNG state untouched).
     After every epoch the loss is evaluated on the whole training set (no grad) and the weights of
@@ -344,7 +344,7 @@ def mlp_mapping(model: MLPMapping, ins_feat: torch.Tensor, chunk_size: int = 655
 # cache tag
 # ----------------------------------------------------------------------------------------------
 def inputs_hash(*items) -> str:
-    """sha256 hex digest of the given inputs, to tag a cached language field (spec §10.14).
+    """sha256 hex digest of the given inputs, to tag a cached language field (docs/deviations.md #3).
 
     Tensors and numpy arrays contribute dtype, shape and raw data bytes (moved to CPU, contiguous);
     anything else must be JSON-serialisable (os.PathLike is taken as its string) and contributes

@@ -1,4 +1,4 @@
-"""The pipeline's stages and what the command-line tools share.
+"""The pipeline: the stages (rgb, instance, mapping), the queries and the rendering of what they made.
 
 Imported first by every entry point, before torch: OpenMP threads that wait for work sleep instead of
 spinning (``OMP_WAIT_POLICY=PASSIVE``), so two jobs on one machine do not starve each other (a

@@ -1,4 +1,4 @@
-"""Stage 1: the instance field (COS3D ``train_instance.py``, spec §3).
+"""Stage 1: the instance field (COS3D ``train_instance.py``, docs/method.md §3).
 
 Geometry and colour come from the rgb stage (or any 3DGS PLY) and stay frozen: no densification,
 no opacity reset. A ``feature_dim``-D feature per Gaussian is rendered L2-normalised on a zero
@@ -12,17 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from arguments import Config
-from gaussian_renderer import render
+from gaussian_renderer.sh import SH_C0
+from scene.atomic import write_json
 from scene.dataset import SceneData
-from scene.gaussian_model import SH_C0, load_checkpoint, load_ply, save_checkpoint, save_ply
+from scene.errors import StageError
+from scene.gaussian_model import load_checkpoint, load_ply, save_checkpoint, save_ply
 from scene.instance_loss import protonce_loss
 from scene.language_features import check_ids, load_clip, load_seg
 
-from .rundir import StageError, write_json
+from .rendering import render_features
 
 STAGE = "instance"
 
@@ -55,14 +56,6 @@ def geometry_source(run_dir: Path) -> Path:
         raise StageError(f"{ply} not found: run `python train.py --stage rgb -s <scene> -m {run_dir}` first "
                          f"(or bring a 3DGS model with --init_ply)")
     return ply
-
-
-def render_features(frozen: dict, ins_feat: torch.Tensor, cam, cfg: Config):
-    """[H,W,D] rendered per-Gaussian-normalised features on a zero background (+ the RenderOutput)."""
-    out = render(frozen, cam, features=F.normalize(ins_feat, dim=-1), backend=cfg.renderer.backend,
-                 bg=torch.zeros(ins_feat.shape[1], device=ins_feat.device), tile_size=cfg.renderer.tile_size,
-                 near=cfg.renderer.near, far=cfg.renderer.far, return_depth=False)
-    return out.color, out
 
 
 def pca_preview(feat_map: torch.Tensor) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Stage 2: instance -> language mapping (COS3D ``construct_collobrative_kernel.py`` + the language
-field of ``Grounding_3D.py``, spec §4).
+field of ``Grounding_3D.py``, docs/method.md §4).
 
 1. Render the instance field in every view (all cameras: COS3D builds this scene with eval=False),
    normalise per pixel and collect one (mean feature, CLIP row) pair per SAM mask of the level,
@@ -17,15 +17,15 @@ import torch
 from tqdm import tqdm
 
 from arguments import Config
+from scene.atomic import torch_save
 from scene.dataset import SceneData
+from scene.errors import StageError
 from scene.gaussian_model import describe_torch_load_error, load_ply
 from scene.language_features import check_ids, load_clip, load_seg
 from scene.mapping import PairCollector, fit_mlp, inputs_hash, kernel_mapping, mlp_mapping, smooth_knn
+from scene.rundir import check_fresh
 
-from .instance import render_features
-from scene.atomic import torch_save
-
-from .rundir import StageError, check_fresh
+from .rendering import render_features
 
 STAGE = "mapping"
 FIELD_VERSION = 1

@@ -1,10 +1,10 @@
-"""Inference: text queries -> per-Gaussian selections -> rendered masks of the labelled frames.
+"""Inference: text queries -> per-Gaussian selections.
 
 * ``run_queries``: relevancy of every Gaussian's language feature to each query (canonical
   negatives), per-query rescale, then the selection of ``query.mode`` (COS3D's collaborative
   refinement by default) -> ``<run>/queries/<query>.npy`` (bool [N]) + ``queries/index.json``.
-* ``render_selections``: each selection rendered alone in every labelled frame on a white background;
-  alpha > 0.7 -> ``<run>/renders/<frame>/<query>.png`` (0/255), colour -> ``<run>/renders_rgb/...``.
+The selection records (``queries/<query>.npy`` + ``queries/index.json``) are read and written here
+(``query_file``, ``read_index``); ``stages/rendering.py`` renders them.
 """
 from __future__ import annotations
 
@@ -12,22 +12,17 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from tqdm import tqdm
 
 from arguments import Config
-from gaussian_renderer import render
+from scene.errors import StageError
 from scene.grounding import relevancy, rescale, select
-
-from .mapping import load_instance_model, load_language_field
-from scene.atomic import atomic_path, np_save, write_json
 from scene.names import safe_stem
 from scene.provenance import TextEncoderMismatchError, build_resolved_encoder, resolve_text_encoder
+from scene.selections import queries_dir, read_index, save_selection, write_index
 
-from .rundir import StageError
+from .mapping import load_instance_model, load_language_field
 
 
 def label_root_of(cfg: Config) -> Path:
@@ -43,7 +38,7 @@ def scene_name(cfg: Config) -> str:
 
 def default_queries(cfg: Config) -> list[str]:
     """The categories of the scene's labelled frames (what LERF-OVS evaluates)."""
-    from scene.lerf_eval import ensure_gt, read_gt
+    from scene.lerf_labels import ensure_gt, read_gt
 
     if cfg.query.queries:
         return list(cfg.query.queries)
@@ -53,10 +48,6 @@ def default_queries(cfg: Config) -> list[str]:
         raise StageError(f"{label_root_of(cfg) / scene_name(cfg)}: no labelled categories; pass queries with "
                          f"--set query.queries='[\"red apple\"]'")
     return cats
-
-
-def query_file(run_dir: Path, query: str) -> Path:
-    return Path(run_dir) / "queries" / f"{safe_stem(query)}.npy"
 
 
 def model_id(run_dir: Path) -> dict:
@@ -94,12 +85,12 @@ def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:
     neg = enc.encode(list(q.negatives)).to(device)
     feats = F.normalize(params["ins_feat"], dim=-1)
     opacity = torch.sigmoid(params["opacities"])
-    index_path = Path(run_dir) / "queries" / "index.json"
-    old = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    old = read_index(run_dir, missing_ok=True)
     model = model_id(run_dir)
     index = old.get("queries", {}) if old.get("model") == model else {}  # earlier queries of this model
     if old.get("queries") and not index:
-        print(f"[query] the model changed since {index_path} was written: earlier queries are dropped")
+        print(f"[query] the model changed since {queries_dir(run_dir) / 'index.json'} was written: "
+              f"earlier queries are dropped")
     t_all = time.time()
     rel = relevancy(lang, pos, neg, temperature=q.temperature)  # [Q, N]
     t_rel = (time.time() - t_all) / max(len(queries), 1)
@@ -109,53 +100,8 @@ def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:
         sel = select(q.mode, s, feats, opacity, d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
                      multipliers=tuple(q.multipliers), language_threshold=q.language_threshold,
                      instance_multiplier=q.instance_multiplier)
-        path = query_file(run_dir, text)
-        np_save(path, sel.cpu().numpy())
+        path = save_selection(run_dir, text, sel.cpu().numpy())
         index[text] = {"file": path.name, "n_selected": int(sel.sum()), "mode": q.mode,
                        "text_encoder": enc_info, "seconds": round(time.time() - t0 + t_rel, 4)}
-    write_json(index_path, {"model": model, "median_distance": d, "queries": index})
+    write_index(run_dir, model, d, index)
     return {t: index[t] for t in queries}
-
-
-def _to_png(arr: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp)
-
-
-@torch.no_grad()
-def render_selections(cfg: Config, run_dir: Path, scene, frames: list[str], queries: list[str], device) -> int:
-    """Render every (frame, query) selection; returns the number of masks written."""
-    params = {k: v for k, v in load_instance_model(run_dir, device).items() if k != "ins_feat"}
-    cams = {c.image_name: c for c in scene.all_cameras}
-    missing = [f for f in frames if f not in cams]
-    if missing:
-        raise StageError(f"labelled frames {missing[:5]} are not views of the scene {scene.source_path} "
-                         f"(labels of another scene?)")
-    white = torch.ones(3, device=device)
-    n = 0
-    for text in tqdm(queries, desc="render selections", disable=not cfg.run.progress, dynamic_ncols=True):
-        path = query_file(run_dir, text)
-        if not path.is_file():
-            raise StageError(f"{path} not found: run the query step first")
-        sel = torch.from_numpy(np.load(path)).to(device)
-        if sel.shape[0] != params["means"].shape[0]:
-            raise StageError(f"{path}: {sel.shape[0]} entries but the model has {params['means'].shape[0]} Gaussians "
-                             f"(stale selection: re-run the query step)")
-        sub = {k: v[sel] for k, v in params.items()}
-        for frame in frames:
-            out = render(sub, cams[frame], backend=cfg.renderer.backend, bg=white, tile_size=cfg.renderer.tile_size,
-                         near=cfg.renderer.near, far=cfg.renderer.far, return_depth=False)
-            mask = (out.alpha[..., 0] > cfg.eval.silhouette_alpha).cpu().numpy().astype(np.uint8) * 255
-            rgb = (out.color.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-            for sub_dir, arr in (("renders", mask), ("renders_rgb", rgb)):
-                (Path(run_dir) / sub_dir / frame).mkdir(parents=True, exist_ok=True)
-                _to_png(arr, Path(run_dir) / sub_dir / frame / f"{safe_stem(text)}.png")
-            n += 1
-    return n
-
-
-def read_index(run_dir: Path) -> dict:
-    p = Path(run_dir) / "queries" / "index.json"
-    if not p.is_file():
-        raise StageError(f"{p} not found: run the query step first")
-    return json.loads(p.read_text())

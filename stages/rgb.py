@@ -20,8 +20,8 @@ from scene.dataset import SceneData
 from scene.gaussian_model import (init_from_points, load_checkpoint, load_ply, make_parameters, random_init,
                                   save_checkpoint, save_ply)
 
-from .metrics import psnr, ssim
-from .rundir import write_json
+from scene.image_metrics import psnr, ssim
+from scene.atomic import write_json
 
 STAGE = "rgb"
 
@@ -38,10 +38,9 @@ def expon_lr(step: int, lr_init: float, lr_final: float, max_steps: int) -> floa
 class ImageCache:
     """Training images as uint8 tensors, loaded once (4x smaller than float32)."""
 
-    def __init__(self, cameras, device):
+    def __init__(self, device):
         self.device = device
         self._imgs: dict[int, torch.Tensor] = {}
-        self.cameras = cameras
 
     def get(self, cam) -> torch.Tensor:
         if cam.uid not in self._imgs:
@@ -71,7 +70,9 @@ def make_strategy(cfg: Config):
 
 
 def _maybe_reset_opacity(params, optimizers, state, step: int, cfg: Config) -> None:
-    """3DGS opacity reset: every reset_every steps while densifying, opacity <- min(opacity, 0.01)."""
+    """The opacity reset gsplat 1.5.3's ``DefaultStrategy`` means to do (its own never fires): every
+    ``reset_every`` steps while densifying, opacity <- min(opacity, 2 * prune_opa) and the Adam moments of
+    the opacities zeroed (gsplat ``reset_opa``; = 3DGS's min(opacity, 0.01) at the default prune_opa 0.005)."""
     d = cfg.rgb.densify
     if d.enabled and 0 < step < d.refine_stop_iter and step % d.reset_every == 0:
         from gsplat.strategy.ops import reset_opa
@@ -86,8 +87,7 @@ def evaluate(params, cameras, cfg: Config, bg: torch.Tensor, cache: ImageCache |
         return {"n_views": 0}
     ps, ss = [], []
     for cam in cameras:
-        out = render(params, cam, backend=cfg.renderer.backend, bg=bg, tile_size=cfg.renderer.tile_size,
-                     near=cfg.renderer.near, far=cfg.renderer.far, return_depth=False)
+        out = render(params, cam, bg=bg, return_depth=False, **cfg.renderer.kwargs())
         gt = cache.get(cam) if cache else cam.load_image().to(bg.device)
         img = out.color.clamp(0, 1)
         ps.append(psnr(img, gt))
@@ -146,7 +146,7 @@ def train_rgb(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device
             o.load_state_dict(ck["optimizers"][k])
         state.update(ck["strategy_state"])
 
-    cache = ImageCache(train_cams, device)
+    cache = ImageCache(device)
     if not train_cams:
         raise ValueError(f"{scene.source_path}: no training views")
     t0 = time.time()
@@ -163,9 +163,7 @@ def train_rgb(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device
             g["lr"] = lr
         sh_deg = min(step // max(r.sh_degree_interval, 1), r.sh_degree)
         step_bg = torch.rand(3, device=device) if r.random_background else bg
-        out = render(params, cam, backend=cfg.renderer.backend, bg=step_bg, sh_degree=sh_deg,
-                     tile_size=cfg.renderer.tile_size, near=cfg.renderer.near, far=cfg.renderer.far,
-                     return_depth=False)
+        out = render(params, cam, bg=step_bg, sh_degree=sh_deg, return_depth=False, **cfg.renderer.kwargs())
         info = out.info
         if r.densify.enabled:
             strategy.step_pre_backward(params, optimizers, state, step, info)

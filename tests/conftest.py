@@ -1,8 +1,12 @@
 """Markers that skip themselves: `gpu` without CUDA, `data` without LERF_OVS_ROOT."""
 import os
 
-import pytest
-import torch
+# before torch loads, as the entry points do (stages/__init__.py): waiting OpenMP threads sleep, so the
+# tests do not starve a job that shares the machine (or each other's subprocesses)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,5 +1,6 @@
 """Config: defaults file in sync with the schema, partial overrides, --set, errors, round trip."""
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -72,10 +73,103 @@ def test_save_and_parse_back(tmp_path):
     assert dataclasses.asdict(back) == dataclasses.asdict(cfg) and meta["git"] == "abc"
 
 
-def test_every_shipped_argument_file_loads_and_changes_something():
-    files = sorted(DEFAULT_YAML.parent.glob("*.yaml")) + sorted(DEFAULT_YAML.parent.glob("ablations/*.yaml"))
-    files = [f for f in files if f != DEFAULT_YAML]
-    assert len(files) >= 12
-    base = to_dict(Config())
-    for f in files:
-        assert to_dict(load_config([f])) != base, f
+def _flat(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> {"section.key[.sub]": value} (lists stay values)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# What each ablation's hypothesis changes, written here by hand from the README's table and each
+# file's comment (paper Tab. 1 / inference-scheme / training-scheme rows and our own ablations).
+# Exactly these keys, to exactly these values; nothing else.
+ABLATIONS = {
+    "feature_dim_8.yaml": {"instance.feature_dim": 8},
+    "feature_dim_32.yaml": {"instance.feature_dim": 32},
+    "instance_3k.yaml": {"instance.iterations": 3000},
+    "instance_only.yaml": {"query.mode": "instance_only"},
+    "language_only.yaml": {"query.mode": "language_only"},
+    "mlp_mapping.yaml": {"mapping.kind": "mlp"},
+    "no_3d_smoothing.yaml": {"mapping.smooth_k": 1},
+    # the SAM level supervises the field AND forms the mapping pairs (the two must agree)
+    "sam_level_0.yaml": {"instance.sam_level": 0, "mapping.sam_level": 0},
+    "sam_level_1.yaml": {"instance.sam_level": 1, "mapping.sam_level": 1},
+    "sam_level_2.yaml": {"instance.sam_level": 2, "mapping.sam_level": 2},
+}
+# The paper / official-code defaults the ablations move away from (independent of the schema).
+PAPER_DEFAULTS = {"instance.feature_dim": 16, "instance.iterations": 30000, "query.mode": "collaborative",
+                  "mapping.kind": "kernel", "mapping.smooth_k": 10, "instance.sam_level": 3,
+                  "mapping.sam_level": 3}
+# Other shipped argument files: lerf_openclip changes the text encoder only; synthetic_cpu only
+# shortens schedules (iteration counts and the periods tied to them), it never changes the method.
+OTHER_FILES = {"lerf_openclip.yaml": {"query.text_encoder": "openclip"}}
+SCHEDULE_KEYS = {"rgb.iterations", "rgb.sh_degree_interval", "rgb.eval_every", "rgb.checkpoint_every",
+                 "rgb.densify.refine_start_iter", "rgb.densify.refine_stop_iter", "rgb.densify.refine_every",
+                 "rgb.densify.reset_every", "instance.iterations", "instance.preview_every",
+                 "instance.checkpoint_every"}
+
+
+def _check_argfile(path, expected: dict) -> None:
+    """The file names exactly ``expected``'s keys, and loading it changes exactly those keys of the
+    resolved config, to exactly those values."""
+    named = _flat(yaml.safe_load(path.read_text()) or {})
+    assert set(named) == set(expected), f"{path.name} sets {sorted(named)}, its hypothesis names {sorted(expected)}"
+    base = _flat(to_dict(Config()))
+    got = _flat(to_dict(load_config([path])))
+    changed = {k: got[k] for k in got if got[k] != base[k]}
+    assert changed == expected, f"{path.name}: changes {changed}, expected {expected}"
+
+
+def test_ablation_table_covers_every_ablation_file():
+    shipped = {f.name for f in (DEFAULT_YAML.parent / "ablations").glob("*.yaml")}
+    assert shipped == set(ABLATIONS), (sorted(shipped ^ set(ABLATIONS)), "update ABLATIONS for new/removed files")
+    others = {f.name for f in DEFAULT_YAML.parent.glob("*.yaml")} - {DEFAULT_YAML.name}
+    assert others == set(OTHER_FILES) | {"synthetic_cpu.yaml"}, sorted(others)
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_each_ablation_changes_exactly_its_hypothesis_key(name):
+    expected = ABLATIONS[name]
+    base = _flat(to_dict(Config()))
+    for k in expected:  # the ablation moves away from the paper's value, which the schema defaults to
+        assert base[k] == PAPER_DEFAULTS[k], (k, base[k])
+    _check_argfile(DEFAULT_YAML.parent / "ablations" / name, expected)
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_FILES))
+def test_other_argument_files_change_exactly_their_key(name):
+    _check_argfile(DEFAULT_YAML.parent / name, OTHER_FILES[name])
+
+
+def test_synthetic_cpu_file_only_shortens_schedules():
+    path = DEFAULT_YAML.parent / "synthetic_cpu.yaml"
+    named = set(_flat(yaml.safe_load(path.read_text())))
+    assert named <= SCHEDULE_KEYS, sorted(named - SCHEDULE_KEYS)
+    cfg, d = load_config([path]), Config()
+    assert cfg.rgb.iterations < d.rgb.iterations and cfg.instance.iterations < d.instance.iterations
+    # the periods keep their order inside the shorter schedule
+    den = cfg.rgb.densify
+    assert den.refine_start_iter < den.refine_stop_iter <= cfg.rgb.iterations
+    assert den.reset_every <= den.refine_stop_iter
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("mapping:\n  smooth_k: 1\n", None),                                  # the right key: passes
+    ("mapping:\n  top_k: 1\n", "sets ['mapping.top_k']"),                 # a different key
+    # an extra key set to its default value (the resolved config alone would not show it)
+    ("mapping:\n  smooth_k: 1\n  sigma: 0.1\n", "sets ['mapping.sigma', 'mapping.smooth_k']"),
+    ("mapping:\n  smooth_k: 10\n", "changes {}"),                         # the right key, the default value
+    ("mapping:\n  smooth_k: 2\n", "changes {'mapping.smooth_k': 2}"),    # the right key, another value
+])
+def test_the_check_refuses_a_file_that_sets_another_key(tmp_path, text, expected):
+    f = tmp_path / "no_3d_smoothing.yaml"
+    f.write_text(text)
+    if expected is None:
+        _check_argfile(f, ABLATIONS["no_3d_smoothing.yaml"])
+    else:
+        with pytest.raises(AssertionError, match=re.escape(expected)):
+            _check_argfile(f, ABLATIONS["no_3d_smoothing.yaml"])

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from scene.encoders import (CANONICAL_NEGATIVES, HashTextEncoder, TableTextEncoder, TextEncoder,
+from scene.grounding import CANONICAL_NEGATIVES
+from scene.encoders import (HashTextEncoder, TableTextEncoder, TextEncoder,
                             UnknownPhraseError, build_text_encoder, save_text_table, tokenize)
 
 

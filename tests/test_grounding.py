@@ -1,4 +1,4 @@
-"""Relevancy, rescale and the three selection modes (spec §5.1, §5.3) on hand-built cases."""
+"""Relevancy, rescale and the three selection modes (docs/method.md §5.1-5.4) on hand-built cases."""
 import math
 
 import numpy as np
@@ -147,7 +147,7 @@ def test_language_only_and_instance_only_on_the_example():
 
 
 def _naive_refinement(score, feats, alpha, d, tau=0.5, seed_opacity=0.1, mult=(0.4, 0.3, 0.2, 0.1)):
-    """Direct transcription of spec §5.3 (argmax every iteration), numpy float64."""
+    """Direct transcription of docs/method.md §5.3 (argmax every iteration), numpy float64."""
     s, f, a = score.double().numpy(), feats.double().numpy(), alpha.double().numpy()
     N = len(s)
     processed = np.zeros(N, bool)

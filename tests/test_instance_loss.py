@@ -1,4 +1,4 @@
-"""ProtoNCE + norm regulariser (spec §3.3) against hand computations in plain python."""
+"""ProtoNCE + norm regulariser (docs/method.md §3.2) against hand computations in plain python."""
 import math
 
 import pytest
@@ -8,7 +8,7 @@ from scene.instance_loss import protonce_loss
 
 
 # ---------------------------------------------------------------------------------------------
-# independent reference: plain python lists and math, straight from the spec's formula
+# independent reference: plain python lists and math, straight from the formula of docs/method.md §3.2
 def _hand_loss(feats, labels, min_cluster_size=0, phi_scale=10.0, phi_min=0.5, phi_max=1.0,
                norm_weight=100.0, loss_scale=1e-3):
     """feats: list of lists (the sampled pixels = all pixels), labels: list of ints."""
@@ -111,14 +111,54 @@ def test_repeated_samples_count_with_multiplicity():
     assert st["nce"] == pytest.approx(nce, rel=1e-10)
 
 
-def test_random_draw_is_uniform_with_replacement_from_generator():
+def _hand_loss_sampled(pixels, labels, idx, **kw):
+    """The loss of docs/method.md §3.2 for one view: the regulariser over ALL pixels, L_NCE over the samples ``idx``
+    (with multiplicity). Plain python, from the formula (not from the implementation)."""
+    p = {k: kw.pop(k) for k in ("norm_weight", "loss_scale") if k in kw}
+    norm_weight, loss_scale = p.get("norm_weight", 100.0), p.get("loss_scale", 1e-3)
+    reg = norm_weight * sum((math.sqrt(sum(x * x for x in f)) - 1.0) ** 2 for f in pixels) / len(pixels)
+    _, nce, _, c = _hand_loss([pixels[i] for i in idx], [labels[i] for i in idx], **kw)
+    return loss_scale * (nce + reg), nce, reg, c
+
+
+def test_orthogonal_point_clusters_have_a_closed_form_value():
+    # two clusters of identical vectors r*e1 (3 pixels) and r*e2 (3 pixels): v = e/(1 + 1e-6/r)
+    # (the pixel normalisation's epsilon), u = v exactly, every distance to the prototype is 0 ->
+    # phi = clip(0, 0.5, 1) = 0.5; logits |v|^2/0.5 (own) and 0 (other); reg = 100 (r - 1)^2.
+    # Per sample: -log(e^a / (e^a + e^0 + 1e-6)), summed over the 6 samples and divided by C = 2.
+    labels = [5, 5, 5, 8, 8, 8]
+    for r, value in ((1.0, 0.38078582117), (2.0, 0.38078510596)):
+        feats = [[r, 0.0, 0.0]] * 3 + [[0.0, r, 0.0]] * 3
+        a = (1.0 / (1.0 + 1e-6 / r)) ** 2 / 0.5
+        nce = 6 * -math.log(math.exp(a) / (math.exp(a) + 1.0 + 1e-6)) / 2
+        loss, st = _run(feats, labels, min_cluster_size=0)
+        assert st["n_clusters"] == 2
+        assert st["reg"] == pytest.approx(100.0 * (r - 1) ** 2, abs=1e-12)
+        assert st["nce"] == pytest.approx(nce, rel=1e-10)
+        assert st["nce"] == pytest.approx(value, rel=1e-9)    # the number itself (3 ln(1 + e^-2) ~ 0.38078)
+        assert loss.item() == pytest.approx(1e-3 * (nce + 100.0 * (r - 1) ** 2), rel=1e-10)
+
+
+def test_random_draw_matches_the_dense_formula_on_that_draw():
+    """The generator's draw is ``torch.randint(0, P, (B,))`` (uniform, with replacement, documented):
+    the loss on it equals the plain-python formula on those samples, regulariser over all pixels."""
     g = torch.Generator().manual_seed(3)
-    F = torch.randn(50, 4, generator=g)
+    F = torch.randn(50, 4, generator=g, dtype=torch.float64)
     S = torch.randint(-1, 3, (50,), generator=g)
-    l1, _ = protonce_loss(F, S, num_samples=200, min_cluster_size=5, generator=torch.Generator().manual_seed(7))
-    idx = torch.randint(0, 50, (200,), generator=torch.Generator().manual_seed(7))
-    l2, _ = protonce_loss(F, S, sample_idx=idx, min_cluster_size=5)
-    assert l1.item() == pytest.approx(l2.item(), rel=1e-6)
+    kw = dict(min_cluster_size=5, phi_scale=4.0, phi_min=0.3, phi_max=0.9, norm_weight=2.0, loss_scale=0.1)
+    loss, st = protonce_loss(F, S, num_samples=200, generator=torch.Generator().manual_seed(7), **kw)
+    idx = torch.randint(0, 50, (200,), generator=torch.Generator().manual_seed(7)).tolist()
+    assert len(set(idx)) < len(idx)                              # 200 draws of 50 pixels: repeats
+    ref, nce, reg, c = _hand_loss_sampled(F.tolist(), S.tolist(), idx, **kw)
+    assert st["n_clusters"] == c == 4                            # ids -1, 0, 1, 2, each > 5 samples
+    assert st["reg"] == pytest.approx(reg, rel=1e-10)
+    assert st["nce"] == pytest.approx(nce, rel=1e-10)
+    assert loss.item() == pytest.approx(ref, rel=1e-10)
+    # another draw is another loss: the draw is really used (and the formula still matches it)
+    loss2, st2 = protonce_loss(F, S, num_samples=200, generator=torch.Generator().manual_seed(8), **kw)
+    idx2 = torch.randint(0, 50, (200,), generator=torch.Generator().manual_seed(8)).tolist()
+    assert abs(st2["nce"] - st["nce"]) > 1e-3
+    assert loss2.item() == pytest.approx(_hand_loss_sampled(F.tolist(), S.tolist(), idx2, **kw)[0], rel=1e-10)
 
 
 def _mean_loss(F, S):

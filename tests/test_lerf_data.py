@@ -14,12 +14,12 @@ from PIL import Image
 
 from scene.dataset import load_scene
 from scene.language_features import check_folder, check_ids, feature_paths, load_clip, load_seg
-from scene.lerf_eval import gt_masks_from_json, labelled_frames, read_gt
+from scene.lerf_labels import gt_masks_from_json, labelled_frames, read_gt
 
 ROOT = os.environ.get("LERF_OVS_ROOT")
 pytestmark = [pytest.mark.data, pytest.mark.skipif(not ROOT, reason="LERF_OVS_ROOT not set")]
 
-UNITS = {"figurines": 56, "teatime": 59, "ramen": 71, "waldo_kitchen": 22}  # spec cos3d.md §6.2
+UNITS = {"figurines": 56, "teatime": 59, "ramen": 71, "waldo_kitchen": 22}  # docs/method.md §7.3
 
 
 def scene_units(label_root: Path, scene: str) -> tuple[int, int]:

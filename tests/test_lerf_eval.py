@@ -1,4 +1,4 @@
-"""LERF-OVS 3D evaluation protocol (spec §6.1-6.2) on hand-made masks with hand-computed numbers."""
+"""LERF-OVS 3D evaluation protocol (docs/method.md §7.1-7.3) on hand-made masks with hand-computed numbers."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import eval_lerf
-from scene.lerf_eval import (ensure_gt, evaluate, evaluate_scene, flat_pred_name, format_table,
-                             gt_masks_from_json, iou, labelled_frames, read_gt, write_metrics)
+from scene.lerf_eval import evaluate, evaluate_scene, flat_pred_name, format_table, iou, write_metrics
+from scene.lerf_labels import ensure_gt, gt_masks_from_json, labelled_frames, read_gt
 
 REPO = Path(__file__).resolve().parent.parent
 H, W = 4, 4
@@ -299,7 +299,7 @@ def test_cli_help_runs_as_a_script():
 # real data (skipped unless LERF_OVS_ROOT points at the download with its label/ folder)
 # ----------------------------------------------------------------------------------------------
 
-SPEC_FRAMES = {  # spec §6.2
+SPEC_FRAMES = {  # docs/method.md §7.3
     "figurines": [41, 105, 152, 195], "teatime": [2, 25, 43, 107, 129, 140],
     "ramen": [6, 24, 60, 65, 81, 119, 128], "waldo_kitchen": [53, 66, 89, 140, 154],
 }

@@ -1,4 +1,4 @@
-"""LangSplat's per-level mask NMS: hand-built keep/drop cases and a direct O(N^2) transcription of spec §2.2."""
+"""LangSplat's per-level mask NMS: hand-built keep/drop cases and a direct O(N^2) transcription of docs/method.md §6.3."""
 import numpy as np
 import pytest
 import torch
@@ -8,7 +8,7 @@ from preprocess.mask_filter import mask_nms, masks_update, pair_counts
 
 
 def reference_mask_nms(masks, scores, iou_thr=0.8, score_thr=0.7, inner_thr=0.5):
-    """Spec langsplat_preprocess.md §2.2 written out pair by pair (float32 counts and ratios)."""
+    """The mask filter of docs/method.md §6.3 written out pair by pair (float32 counts and ratios)."""
     scores, idx = scores.sort(0, descending=True)
     m = masks[idx]
     n = len(m)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from scipy.ndimage import correlate
 
-from stages.metrics import psnr, ssim
+from scene.image_metrics import psnr, ssim
 
 
 def test_psnr_closed_form():

@@ -141,7 +141,7 @@ def test_replaced_output_is_detected(data, run, capsys):
 
 def test_second_writer_is_refused_and_a_dead_holder_taken_over(data, run, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from stages.rundir import RunLock; "
+        [sys.executable, "-c", "import sys, time; from scene.rundir import RunLock; "
          "lock = RunLock(sys.argv[1], 'test holder').acquire(); print('locked', flush=True); time.sleep(60)", str(run)],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

@@ -5,8 +5,10 @@ import argparse
 import sys
 from dataclasses import fields
 
+from arguments.cli import run_cli
+
 from .config import PRESETS, NoiseKnobs, SceneConfig
-from .generate import SceneExistsError, generate_scene
+from .generate import generate_scene
 
 
 def _parse_value(text: str):
@@ -63,13 +65,13 @@ def main(argv=None) -> int:
             parser.error(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k.strip()] = _parse_value(v.strip())
-    try:
+
+    def generate(args) -> int:  # bad settings, a folder holding another scene -> one line, exit 2
         generate_scene(args.root, args.scene, args.seed, args.preset, overrides, force=args.force,
                        progress=not args.quiet, workers=args.workers)
-    except (ValueError, SceneExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli(generate, args)
 
 
 if __name__ == "__main__":

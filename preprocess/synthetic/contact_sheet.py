@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from arguments.cli import run_cli
+from scene.atomic import atomic_path
+
 
 def colorize(ids: np.ndarray) -> np.ndarray:
     """[H,W] integer ids -> [H,W,3] uint8, a fixed pseudo-random colour per id, black for -1."""
@@ -68,8 +71,8 @@ def make_sheet(scene_dir: Path, out: Path, n_frames: int = 4, scale: int = 2) ->
     for r in rows:
         sheet.paste(r, (0, y))
         y += r.height + 4
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    with atomic_path(out) as tmp:  # same suffix: PIL still picks the format from it
+        sheet.save(tmp)
     return out
 
 
@@ -79,13 +82,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/synthetic_contact_sheet.png", help="output PNG")
     p.add_argument("--frames", type=int, default=4, help="number of labelled frames to show")
     p.add_argument("--scale", type=int, default=2, help="pixel upscale factor")
-    a = p.parse_args(argv)
-    try:
-        print(make_sheet(Path(a.scene_dir), Path(a.out), a.frames, a.scale))
-    except (OSError, KeyError, ValueError) as e:
-        print(f"error: cannot make a contact sheet of {a.scene_dir}: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    def sheet(a) -> int:
+        try:
+            print(make_sheet(Path(a.scene_dir), Path(a.out), a.frames, a.scale))
+        except (OSError, KeyError, ValueError) as e:  # a missing or foreign folder: say which one
+            raise ValueError(f"cannot make a contact sheet of {a.scene_dir}: {e}") from None
+        return 0
+
+    return run_cli(sheet, p.parse_args(argv))
 
 
 if __name__ == "__main__":

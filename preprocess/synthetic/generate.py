@@ -18,10 +18,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from scene.encoders import CANONICAL_NEGATIVES, HashTextEncoder, save_text_table
+from scene.encoders import HashTextEncoder, save_text_table
+from scene.grounding import CANONICAL_NEGATIVES
+from scene.language_features import save_features
 
 from .config import GENERATOR_VERSION, SceneConfig, make_config
-from .labels import labelled_frames, write_frame_labels
+from .labels import choose_labelled_views, write_frame_labels
 from .layout import SyntheticLayout, ViewCamera, build_layout, orbit_cameras
 from .masks import VectorBank, build_language_features
 from .points import sample_view_points, write_colmap
@@ -45,7 +47,7 @@ def build_scene(seed: int, cfg: SceneConfig) -> tuple[SyntheticLayout, list[View
 
 
 def label_frame_indices(seed: int, cfg: SceneConfig) -> list[int]:
-    return labelled_frames(cfg.n_views, cfg.n_labelled, np.random.default_rng([int(seed), STREAM_LABELS]))
+    return choose_labelled_views(cfg.n_views, cfg.n_labelled, np.random.default_rng([int(seed), STREAM_LABELS]))
 
 
 def manifest(seed: int, preset: str, cfg: SceneConfig) -> dict:
@@ -150,8 +152,7 @@ def _view_job(vi: int):
     img_file = f"{cam.name}.png"
     Image.fromarray(view.image).save(scene_dir / "images" / img_file)
     s, f = build_language_features(view, j["layout"], j["bank"], cfg.noise, seed, vi, j["min_mask"])
-    np.save(scene_dir / "language_features" / f"{cam.name}_s.npy", s)
-    np.save(scene_dir / "language_features" / f"{cam.name}_f.npy", f)
+    save_features(scene_dir / "language_features", cam.name, s, f)
     pts = None
     if j["per_view"]:
         x, c, _, _ = sample_view_points(view, j["per_view"], np.random.default_rng([int(seed), STREAM_POINTS, vi]))

@@ -1,6 +1,7 @@
 """SAM-like 4-level masks and CLIP-like per-mask vectors in LangSplat's file format.
 
-From the ground-truth buffers of one view (``render.ViewRender``) this builds
+From the ground-truth buffers of one view (``render.ViewRender``) this builds the two arrays of
+``scene.language_features`` (which paints the id maps, ``id_maps``, and writes the files):
 
 * ``_s``: float32 ``[4, H, W]``, levels 0 default, 1 s, 2 m, 3 l; every value >= 0 is a row of
   ``_f`` (level k ids are offset by the mask counts of levels < k); -1 = no mask;
@@ -28,13 +29,14 @@ import cv2
 import numpy as np
 
 from scene.encoders import HashTextEncoder
+from scene.language_features import LEVEL_INDEX, LEVELS, id_maps
 
 from .config import NoiseKnobs
 from .layout import REGION_NAMES, SyntheticLayout
 from .render import ViewRender
 
-LEVELS = ("default", "s", "m", "l")
 GENERIC = "object"
+LEVEL_S, LEVEL_M, LEVEL_L = LEVEL_INDEX["s"], LEVEL_INDEX["m"], LEVEL_INDEX["l"]
 
 
 @dataclass
@@ -155,67 +157,71 @@ def build_language_features(view: ViewRender, layout: SyntheticLayout, bank: Vec
     for o in visible:
         merged.setdefault(find(o), []).append(o)
 
-    s_out = np.full((4, H, W), -1.0, dtype=np.float32)
     rows: list[np.ndarray] = []
-    for level in range(4):
-        masks = []  # (pixels, base vector, owner objects (for confusion), decision slot)
-        for o in visible:
-            r = dec.rng(2, o, level)
-            if level == 3:
-                group = merged[find(o)]
-                if len(group) > 1:
-                    if o == group[0]:
-                        pix = np.isin(view.obj, group)
-                        masks.append((pix, _unit(bank.obj[group].sum(0)), group, (1000 + o, 0)))
-                    continue
-                kind = "parts" if r.random() < knobs.over_seg else "whole"
-            elif level == 2:
-                kind = "groups"
-            elif level == 1:
-                kind = "parts"
-            else:
-                kind = ("whole", "groups", "parts")[r.integers(3)]
-            for k, (pix, words) in enumerate(_pieces(o, kind, view, layout)):
-                v = bank.obj[o]
-                if words:
-                    v = _unit(v + knobs.part_weight * _unit(sum(bank.word[w] for w in words)))
-                masks.append((pix, v, [o], (o, k)))
-        for reg in sorted(REGION_NAMES):
-            pix = view.region == reg
-            if pix.sum() < min_area:
-                continue
-            r = dec.rng(3, reg, level)
-            if r.random() >= knobs.background_masks:
-                continue
-            v = bank.region[reg]
-            if visible and r.random() < knobs.background_misleading:
-                v = bank.obj[visible[r.integers(len(visible))]]
-            masks.append((pix, v, [], (2000 + reg, 0)))
-        # per-mask noise: miss, boundary jitter, minimum area, CLIP confusion + noise
-        kept = []
-        for j, (pix, v, owners, slot) in enumerate(masks):
-            r = dec.rng(4, level, *slot)
-            u_miss, k, u_conf, u_kind = r.random(), int(r.integers(-knobs.boundary_jitter,
-                                                                 knobs.boundary_jitter + 1)), r.random(), r.random()
-            if u_miss < knobs.miss:
-                continue
-            pix = _jitter(pix, k)
-            a = int(pix.sum())
-            if a < min_area:
-                continue
-            if owners and u_conf < knobs.clip_confusion:
-                nb = sorted({n for o in owners for n in neighbours.get(o, []) if n not in owners})
-                if u_kind < 0.5 and nb:
-                    v = bank.obj[nb[int(u_kind * 2 * len(nb)) % len(nb)]]
+
+    def level_masks():
+        """Per level, the kept masks' pixels in painting order (largest first); their vectors go
+        to ``rows``. A generator, so only one level's masks are held at a time."""
+        for level in range(len(LEVELS)):
+            masks = []  # (pixels, base vector, owner objects (for confusion), decision slot)
+            for o in visible:
+                r = dec.rng(2, o, level)
+                if level == LEVEL_L:
+                    group = merged[find(o)]
+                    if len(group) > 1:
+                        if o == group[0]:
+                            pix = np.isin(view.obj, group)
+                            masks.append((pix, _unit(bank.obj[group].sum(0)), group, (1000 + o, 0)))
+                        continue
+                    kind = "parts" if r.random() < knobs.over_seg else "whole"
+                elif level == LEVEL_M:
+                    kind = "groups"
+                elif level == LEVEL_S:
+                    kind = "parts"
                 else:
-                    v = bank.generic
-            kept.append((a, j, pix, v))
-        kept.sort(key=lambda x: (-x[0], x[1]))
-        offset = len(rows)
-        for i, (_, _, pix, v) in enumerate(kept):
-            s_out[level][pix] = offset + i
-            if knobs.clip_noise > 0:
-                v = v + knobs.clip_noise * noise_rng.standard_normal(dim) / np.sqrt(dim)
-            rows.append(to_image_space(v, knobs.image_text_cos))
+                    kind = ("whole", "groups", "parts")[r.integers(3)]
+                for k, (pix, words) in enumerate(_pieces(o, kind, view, layout)):
+                    v = bank.obj[o]
+                    if words:
+                        v = _unit(v + knobs.part_weight * _unit(sum(bank.word[w] for w in words)))
+                    masks.append((pix, v, [o], (o, k)))
+            for reg in sorted(REGION_NAMES):
+                pix = view.region == reg
+                if pix.sum() < min_area:
+                    continue
+                r = dec.rng(3, reg, level)
+                if r.random() >= knobs.background_masks:
+                    continue
+                v = bank.region[reg]
+                if visible and r.random() < knobs.background_misleading:
+                    v = bank.obj[visible[r.integers(len(visible))]]
+                masks.append((pix, v, [], (2000 + reg, 0)))
+            # per-mask noise: miss, boundary jitter, minimum area, CLIP confusion + noise
+            kept = []
+            for j, (pix, v, owners, slot) in enumerate(masks):
+                r = dec.rng(4, level, *slot)
+                u_miss, k, u_conf, u_kind = r.random(), int(r.integers(-knobs.boundary_jitter,
+                                                                     knobs.boundary_jitter + 1)), r.random(), r.random()
+                if u_miss < knobs.miss:
+                    continue
+                pix = _jitter(pix, k)
+                a = int(pix.sum())
+                if a < min_area:
+                    continue
+                if owners and u_conf < knobs.clip_confusion:
+                    nb = sorted({n for o in owners for n in neighbours.get(o, []) if n not in owners})
+                    if u_kind < 0.5 and nb:
+                        v = bank.obj[nb[int(u_kind * 2 * len(nb)) % len(nb)]]
+                    else:
+                        v = bank.generic
+                kept.append((a, j, pix, v))
+            kept.sort(key=lambda x: (-x[0], x[1]))
+            for _, _, _, v in kept:
+                if knobs.clip_noise > 0:
+                    v = v + knobs.clip_noise * noise_rng.standard_normal(dim) / np.sqrt(dim)
+                rows.append(to_image_space(v, knobs.image_text_cos))
+            yield [pix for _, _, pix, _ in kept]
+
+    s_out, _ = id_maps(level_masks(), H, W)
     f = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
     return s_out, f

@@ -20,25 +20,17 @@ import fcntl
 import hashlib
 import json
 import os
-import random
 import socket
 import subprocess
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from arguments import Config, read_saved_config, save_config, to_dict
-from scene.atomic import write_json
+from .atomic import write_json
+from .errors import StageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEVICES = "auto | cpu | cuda | cuda:N"
 __all__ = ["StageError", "RunLock", "begin_stage", "mark_done", "require_finished", "check_fresh",
-           "scene_fingerprint", "resolve_device", "seed_everything", "write_json"]
-
-
-class StageError(RuntimeError):
-    """A stage cannot run as asked (missing predecessor, conflicting earlier run, ...)."""
+           "scene_fingerprint", "file_sha256", "fingerprint"]
 
 
 def git_commit() -> str:
@@ -48,31 +40,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise StageError(f"run.device={name!r} is not a device: use {DEVICES}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise StageError(f"run.device={name!r} is not supported: use {DEVICES}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise StageError(f"run.device={name!r} but CUDA is not available on this machine")
-    return dev
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed every RNG; with ``deterministic``, ask torch for its deterministic kernels (warn-only: an
-    op without one warns instead of failing). The C++ CPU rasterizer is deterministic by design."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reproducibility (torch docs)
-        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,12 +6,13 @@ import sys
 import traceback
 from pathlib import Path
 
-from arguments import Config, ConfigError, apply_argfiles, apply_overrides, read_saved_config
+from scene.errors import StageError, UserError
 
-from .rundir import StageError
+from .config import apply_argfiles, apply_overrides, read_saved_config
+from .schema import Config
 
 # errors caused by the input (files, settings, order of stages): one line, no traceback unless --debug
-USER_ERRORS = (ConfigError, StageError, FileNotFoundError, ValueError, KeyError)
+USER_ERRORS = (UserError, FileNotFoundError, ValueError, KeyError)
 
 
 def _message(e: BaseException) -> str:
