@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--argfile", default=str(REPO / "arguments" / "synthetic_cpu.yaml"),
                    help="training schedule argument file")
     a = p.parse_args(argv)
-    out = Path(a.out)
+    out = Path(a.out).resolve()  # the MLP runs link the kernel runs' stages: absolute targets
     data = out / "data"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     results: dict = {"preset": a.preset, "seeds": a.seeds, "repeats": a.repeats, "scenes": {}}
