@@ -58,3 +58,20 @@ def read_index(run_dir: Path, missing_ok: bool = False) -> dict:
 def write_index(run_dir: Path, model: dict, median_distance: float, queries: dict) -> None:
     write_json(queries_dir(run_dir) / "index.json",
                {"model": model, "median_distance": median_distance, "queries": queries})
+
+
+def record_selections(run_dir: Path, model: dict, median_distance: float, entries: dict) -> dict:
+    """Save ``{name: (bool [N] selection, record dict)}`` and add them to the index, which keeps the
+    earlier entries of the same ``model`` (the hashes the selections depend on) and drops those of an
+    older one. Each record gets ``file`` and ``n_selected``; returns the new records by name."""
+    old = read_index(run_dir, missing_ok=True)
+    index = old.get("queries", {}) if old.get("model") == model else {}
+    if old.get("queries") and not index:
+        print(f"[query] the model changed since {queries_dir(run_dir) / 'index.json'} was written: "
+              f"earlier queries are dropped")
+    for name, (sel, rec) in entries.items():
+        sel = np.asarray(sel, dtype=bool)
+        path = save_selection(run_dir, name, sel)
+        index[name] = {"file": path.name, "n_selected": int(sel.sum()), **rec}
+    write_index(run_dir, model, median_distance, index)
+    return {name: index[name] for name in entries}

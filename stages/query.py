@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from scene.errors import StageError
 from scene.grounding import relevancy, rescale, select
 from scene.names import safe_stem
 from scene.provenance import TextEncoderMismatchError, build_resolved_encoder, resolve_text_encoder
-from scene.selections import queries_dir, read_index, save_selection, write_index
+from scene.selections import record_selections
 
 from .mapping import load_instance_model, load_language_field
 
@@ -74,34 +75,52 @@ def build_encoder(cfg: Config, run_dir: Path | None = None):
         raise StageError(str(e)) from None
 
 
-def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:
-    q = cfg.query
-    for text in queries:
-        safe_stem(text)  # refuses an empty query before any work
+@dataclass
+class QueryModel:
+    """What every prompt is answered from: the instance model, its language field and derived values."""
+    params: dict             # the instance model (instance/point_cloud.ply), on the query device
+    lang: torch.Tensor       # [N, C] language field
+    d: float                 # median instance-feature distance of the mapping pairs
+    feats: torch.Tensor      # [N, D] unit instance features
+    opacity: torch.Tensor    # [N] activated opacities
+    model: dict              # content hashes the selections depend on (index.json "model")
+
+
+def load_query_model(cfg: Config, run_dir: Path, device) -> QueryModel:
     params = load_instance_model(run_dir, device)
     lang, d = load_language_field(cfg, run_dir, params)
-    enc, enc_info = build_encoder(cfg, run_dir)
-    pos = enc.encode(list(queries)).to(device)
-    neg = enc.encode(list(q.negatives)).to(device)
-    feats = F.normalize(params["ins_feat"], dim=-1)
-    opacity = torch.sigmoid(params["opacities"])
-    old = read_index(run_dir, missing_ok=True)
-    model = model_id(run_dir)
-    index = old.get("queries", {}) if old.get("model") == model else {}  # earlier queries of this model
-    if old.get("queries") and not index:
-        print(f"[query] the model changed since {queries_dir(run_dir) / 'index.json'} was written: "
-              f"earlier queries are dropped")
+    return QueryModel(params, lang, d, F.normalize(params["ins_feat"], dim=-1), torch.sigmoid(params["opacities"]),
+                      model_id(run_dir))
+
+
+def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: torch.Tensor) -> list[tuple]:
+    """Prompt embeddings [Q, C] (text or image) -> [(bool [N] selection, seconds)] with ``query.mode``:
+    relevancy against the negatives [K, C], rescale, then the mode's selection."""
+    q = cfg.query
     t_all = time.time()
-    rel = relevancy(lang, pos, neg, temperature=q.temperature)  # [Q, N]
-    t_rel = (time.time() - t_all) / max(len(queries), 1)
-    for i, text in enumerate(queries):
+    rel = relevancy(qm.lang, pos, neg, temperature=q.temperature)  # [Q, N]
+    t_rel = (time.time() - t_all) / max(pos.shape[0], 1)
+    out = []
+    for i in range(pos.shape[0]):
         t0 = time.time()
         s = rescale(rel[i])
-        sel = select(q.mode, s, feats, opacity, d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
+        sel = select(q.mode, s, qm.feats, qm.opacity, qm.d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
                      multipliers=tuple(q.multipliers), language_threshold=q.language_threshold,
                      instance_multiplier=q.instance_multiplier)
-        path = save_selection(run_dir, text, sel.cpu().numpy())
-        index[text] = {"file": path.name, "n_selected": int(sel.sum()), "mode": q.mode,
-                       "text_encoder": enc_info, "seconds": round(time.time() - t0 + t_rel, 4)}
-    write_index(run_dir, model, d, index)
-    return {t: index[t] for t in queries}
+        out.append((sel, round(time.time() - t0 + t_rel, 4)))
+    return out
+
+
+def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:
+    """Text queries -> ``queries/<query>.npy`` + their ``index.json`` records (returned by query)."""
+    for text in queries:
+        safe_stem(text)  # refuses an empty query before any work
+    qm = load_query_model(cfg, run_dir, device)
+    enc, enc_info = build_encoder(cfg, run_dir)
+    pos = enc.encode(list(queries)).to(device)
+    neg = enc.encode(list(cfg.query.negatives)).to(device)
+    results = select_from_vectors(cfg, qm, pos, neg)
+    entries = {text: (sel.cpu().numpy(), {"mode": cfg.query.mode, "prompt": {"text": text}, "text_encoder": enc_info,
+                                          "seconds": sec})
+               for text, (sel, sec) in zip(queries, results)}
+    return record_selections(run_dir, qm.model, qm.d, entries)
