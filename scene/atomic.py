@@ -32,10 +32,13 @@ def write_json(path, data) -> None:
 
 
 def torch_save(obj, path) -> None:
+    """``torch.save`` through a file object: torch names the zip records after a path's file name (the
+    temporary one, with a pid in it), but a file object's are always ``archive/``, so the same object
+    gives the same bytes in every run."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def np_save(path, arr) -> None:

@@ -1,7 +1,10 @@
 """The same command twice gives the same bytes: a short rgb (with densification and an opacity
 reset) + instance + mapping + query run, repeated while a busy thread competes for the CPU, writes
 bit-identical point clouds, language fields and selections."""
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,3 +65,14 @@ def test_same_command_same_bytes(tmp_path):
         assert np.array_equal(np.load(one / "queries" / f"{q}.npy"), np.load(two / "queries" / f"{q}.npy")), q
     from scene.gaussian_model import load_ply
     assert load_ply(one / "rgb" / "point_cloud.ply")["means"].shape[0] > TINY["n_points"]  # densification ran
+
+
+def test_torch_files_same_bytes_across_processes(tmp_path):
+    """A .pt output written by two processes (two pids, so two temporary names) has the same bytes:
+    torch names its zip records after the file it writes to."""
+    code = ("import sys, torch; from scene.atomic import torch_save; "
+            "torch_save({'pairs': torch.arange(6.0).reshape(2, 3), 'd': 0.5}, sys.argv[1])")
+    repo = Path(__file__).resolve().parent.parent
+    for name in ("a.pt", "b.pt"):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], cwd=repo, check=True, timeout=120)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
