@@ -2,6 +2,7 @@
 
     python render.py -m <run dir>                    # every query selection in every labelled frame
     python render.py -m <run dir> --views test       # the 3DGS model's test (train, all) views
+    python render.py -m <run dir> --edited <ply>     # any 3DGS PLY (e.g. an edit) in the run's views
 
 Selections (after ``query.py``): each ``<run>/queries/<query>.npy`` is rendered alone on a white
 background in the labelled frames of the scene; alpha > eval.silhouette_alpha (0.7) gives the mask
@@ -9,6 +10,11 @@ background in the labelled frames of the scene; alpha > eval.silhouette_alpha (0
 
 Views: ``<run>/rgb/point_cloud.ply`` -> ``<run>/rgb/renders/<split>/<image_name>.png`` (and
 ``..._depth.png`` with --depth), plus ``metrics.json`` (PSNR/SSIM per view).
+
+Edited: ``--edited <ply>`` (``queries/<query>_removed.ply`` of ``query.py --remove``, an export, any
+3DGS PLY) -> ``<run>/renders_edited/<ply stem>/<image_name>.png`` for the views of ``--views``
+(default all), with the run's cameras, resolution and background; ``source.json`` there names the
+PLY, and renders of another PLY of the same name are refused instead of mixed in.
 The scene, resolution and splits are those of ``<run>/config.yaml``.
 """
 from __future__ import annotations
@@ -37,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", default=None, choices=["test", "train", "all"],
                    help="render the 3DGS model's views of this split instead of the query selections")
     p.add_argument("--depth", action="store_true", help="with --views: also write a normalised depth PNG per view")
+    p.add_argument("--edited", metavar="PLY", default=None,
+                   help="render this 3DGS PLY (e.g. <run>/queries/<query>_removed.ply) in the run's views of "
+                        "--views (default all) -> <run>/renders_edited/<ply stem>/<view>.png")
     add_run_config_args(p)
     return p
 
@@ -52,9 +61,12 @@ def run(args) -> int:
     run_dir = Path(args.model_path)
     cfg = load_run_config(run_dir, args.config, args.overrides)
     device = resolve_device(cfg.run.device)
+    edited = load_edited(args, device) if args.edited is not None else None  # checked before the scene loads
     off = cfg.rgb.holdout_offset
     scene = load_scene_from_config(cfg.data, off)
     with RunLock(run_dir, "render.py"):
+        if edited is not None:
+            return render_edited(args, cfg, run_dir, scene, edited)
         if args.views is None:
             return render_selection_masks(cfg, run_dir, scene, device)
         return render_views(args, cfg, run_dir, scene, device)
@@ -71,6 +83,36 @@ def render_selection_masks(cfg, run_dir: Path, scene, device) -> int:
     frames = sorted(read_gt(ensure_gt(label_root_of(cfg), scene_name(cfg))))
     n = render_selections(cfg, run_dir, load_instance_model(run_dir, device), scene, frames, queries)
     print(f"[render] {n} selection masks ({len(queries)} queries x {len(frames)} labelled frames) -> {run_dir / 'renders'}")
+    return 0
+
+
+def load_edited(args, device) -> dict:
+    from scene.gaussian_model import check_ply, load_ply
+
+    if args.depth:
+        raise ValueError("--depth goes with --views alone (the rgb model's views), not with --edited")
+    check_ply(args.edited)  # missing, a folder, not a PLY, truncated: one line naming the file
+    try:
+        return load_ply(args.edited, device=device)
+    except ValueError as e:
+        if "missing PLY properties" not in str(e):
+            raise
+        raise ValueError(f"{e}: not a 3DGS PLY (--edited renders Gaussians: x y z, f_dc_*, opacity, scale_*, "
+                         f"rot_*)") from None
+
+
+def render_edited(args, cfg, run_dir: Path, scene, params: dict) -> int:
+    from stages.edit import claim_render_dir, render_model_views
+
+    split = args.views or "all"
+    cams = {"test": scene.test_cameras, "train": scene.train_cameras, "all": scene.all_cameras}[split]
+    if not cams:
+        raise StageError(f"no {split} views in this run (rgb.holdout_offset={cfg.rgb.holdout_offset})")
+    out_dir = run_dir / "renders_edited" / Path(args.edited).stem
+    claim_render_dir(out_dir, Path(args.edited))
+    render_model_views(cfg, params, cams, out_dir)
+    n = params["means"].shape[0]
+    print(f"[render] {args.edited} ({n} Gaussians): {len(cams)} {split} views -> {out_dir}")
     return 0
 
 

@@ -21,12 +21,13 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
+from .contributions import pixel_contributions
 from .projection import isect_tiles, project_gaussians
 from .sh import eval_sh
 from .torch_backend import rasterize_torch
 
 __all__ = ["BACKENDS", "RenderOutput", "render", "resolve_backend", "project_gaussians",
-           "isect_tiles", "rasterize_torch", "eval_sh"]
+           "isect_tiles", "rasterize_torch", "eval_sh", "pixel_contributions"]
 
 BACKENDS = ("auto", "torch", "cpp", "gsplat")
 _warned: set = set()

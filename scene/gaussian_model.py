@@ -251,7 +251,7 @@ def save_ply(
         _np32(params["means"]),
         np.zeros((N, 3), np.float32),  # normals, always 0 in 3DGS
         _np32(params["sh0"][:, 0, :]),
-        _np32(shN.transpose(1, 2).reshape(N, -1)),  # [N,3,K-1] flattened: channel-major
+        _np32(shN.transpose(1, 2).reshape(N, 3 * shN.shape[1])),  # [N,3,K-1] flattened: channel-major (N may be 0)
         _np32(params["opacities"])[:, None],
         _np32(params["scales"]),
         _np32(params["quats"]),
