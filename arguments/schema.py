@@ -142,6 +142,10 @@ class QueryConfig:
     multipliers: list[float] = F([0.4, 0.3, 0.2, 0.1], "region thresholds T = 1 - m*d, loosest first (COS3D: 0.4 0.3 0.2 0.1)")
     language_threshold: float = F(0.5, "language_only: keep Gaussians whose rescaled relevancy exceeds this")
     instance_multiplier: float = F(0.3, "instance_only: region threshold T = 1 - m*d around the best seed")
+    part_scale: float = F(0.5, "query.py --granularity part / --hierarchy: the accepted regions' thresholds become "
+                               "T = 1 - s*m*d with this s < 1 (tighter, inside each region; docs/method.md §5.8)", min=0.0)
+    group_scale: float = F(2.0, "query.py --granularity group / --hierarchy: T = 1 - s*m*d around the same seeds with "
+                                "this s > 1 (looser, added to the object selection; docs/method.md §5.8)", min=1.0)
     queries: list[str] = F([], "text queries; empty = the categories of the scene's labelled frames")
 
 

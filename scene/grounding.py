@@ -101,6 +101,7 @@ def refine_selection(
     tau: float = 0.5,          # seed threshold AND region-acceptance threshold (COS3D score_thresh)
     seed_opacity: float = 0.1,  # seeds need opacity > 0.1 (COS3D)
     multipliers: Sequence[float] = (0.4, 0.3, 0.2, 0.1),  # T = 1 - m d, tried in this order (loosest first)
+    regions: list | None = None,  # if a list: each accepted region is appended as (seed, multiplier, indices)
 ) -> torch.Tensor:
     """COS3D's greedy language-to-instance refinement (docs/method.md §5.3). Returns bool [N].
 
@@ -173,6 +174,8 @@ def refine_selection(
             processed_np[region.cpu().numpy()] = True
             if accept:
                 selected[region] = True
+                if regions is not None:                            # the hierarchy (stages/hierarchy.py)
+                    regions.append((g, float(multipliers[chosen]), region))
     return selected
 
 
