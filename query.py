@@ -109,11 +109,22 @@ def edit_kinds(args) -> list[str]:
     return [k for k in ("export", "remove", "sheet") if getattr(args, k)]
 
 
+def finish_prompt(cfg, run_dir: Path, name: str, kinds: list[str], device, what: str) -> int:
+    """The edit outputs ``kinds`` of one recorded prompt's selection (stages/edit.py), and the last line."""
+    from scene.selections import query_file
+    from stages.edit import write_query_edits
+
+    if kinds:
+        with RunLock(run_dir, "query.py"):
+            write_query_edits(cfg, run_dir, [name], kinds, device)
+    print(f"[query] {what} -> {query_file(run_dir, name)}"
+          + (f" ({' '.join('--' + k for k in kinds)} written)" if kinds else ""))
+    return 0
+
+
 def run_points(args, run_dir: Path, kinds: list[str]) -> int:
     """--point X Y [--point ...] [--negative-point X Y ...] --view NAME [--name NAME] (stages/prompts.py),
     then the edit outputs ``kinds`` of the selection (stages/edit.py)."""
-    from scene.selections import query_file
-    from stages.edit import write_query_edits
     from stages.prompts import run_point_prompt
 
     if not args.point:
@@ -129,12 +140,7 @@ def run_points(args, run_dir: Path, kinds: list[str]) -> int:
         name, rec, info = run_point_prompt(cfg, run_dir, args.view, args.point, args.negative_point, args.name, device)
     seeds = ", ".join(f"{s['gaussian']} (w {s['weight']:.2f})" for s in info["seeds"])
     print(f"  {name}  {rec['n_selected']:>8d} Gaussians  {1000 * rec['seconds']:8.1f} ms  seeds {seeds}")
-    if kinds:
-        with RunLock(run_dir, "query.py"):
-            write_query_edits(cfg, run_dir, [name], kinds, device)
-    print(f"[query] point prompt in view {args.view} -> {query_file(run_dir, name)}"
-          + (f" ({' '.join('--' + k for k in kinds)} written)" if kinds else ""))
-    return 0
+    return finish_prompt(cfg, run_dir, name, kinds, device, f"point prompt in view {args.view}")
 
 
 def run_image(args, run_dir: Path, kinds: list[str]) -> int:
@@ -144,8 +150,7 @@ def run_image(args, run_dir: Path, kinds: list[str]) -> int:
 
     from preprocess.image_prompt import check_box, default_name, embed_image_prompt, read_image
     from scene.names import safe_stem
-    from scene.selections import query_file, record_selections
-    from stages.edit import write_query_edits
+    from scene.selections import record_selections
     from stages.query import build_encoder, load_query_model, select_from_vectors
 
     if args.image is None:
@@ -172,12 +177,8 @@ def run_image(args, run_dir: Path, kinds: list[str]) -> int:
         rec = record_selections(run_dir, qm.model, qm.d, {name: (sel.cpu().numpy(), record)})[name]
     shown = f" (object {enc_info['object']} in view {enc_info['view']})" if "object" in enc_info else ""
     print(f"  {name}  {rec['n_selected']:>8d} Gaussians  {1000 * rec['seconds']:8.1f} ms{shown}")
-    if kinds:
-        with RunLock(run_dir, "query.py"):
-            write_query_edits(cfg, run_dir, [name], kinds, device)
-    print(f"[query] image prompt {args.image} ({enc_info['encoder']} image encoder) -> {query_file(run_dir, name)}"
-          + (f" ({' '.join('--' + k for k in kinds)} written)" if kinds else ""))
-    return 0
+    return finish_prompt(cfg, run_dir, name, kinds, device,
+                         f"image prompt {args.image} ({enc_info['encoder']} image encoder)")
 
 
 def run_levels(args, run_dir: Path, kinds: list[str]) -> int:

@@ -62,3 +62,29 @@ def write_gaussian_scene(root: Path, gaussians: dict, n_views: int = 16, width: 
     pts = ColmapPoints(np.arange(1, n_points + 1), xyz, (rgb * 255).astype(np.uint8), np.zeros(n_points))
     write_model(root / "sparse" / "0", colmap_cams, images, pts, ext=".txt")
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# A generated scene with ground truth, trained with a short schedule (~15-20 s on 2 cores): three
+# large objects close to the camera, so that prompts on them can be scored against their gt masks.
+TINY_SCENE = {"n_views": 10, "width": 64, "height": 48, "n_objects": 3, "n_labelled": 2, "n_points": 1500,
+              "layout_radius": 0.3, "distance": 1.0}
+TINY_SCHEDULE = ["--set", "rgb.iterations=300", "--set", "rgb.eval_every=0", "--set", "rgb.checkpoint_every=0",
+                 "--set", "rgb.densify.refine_start_iter=100", "--set", "rgb.densify.refine_stop_iter=250",
+                 "--set", "rgb.densify.reset_every=100000", "--set", "rgb.sh_degree_interval=100",
+                 "--set", "instance.iterations=600", "--set", "instance.lr=0.01",
+                 "--set", "instance.num_samples=8192", "--set", "instance.preview_every=0",
+                 "--set", "instance.checkpoint_every=0", "--set", "run.progress=false", "--set", "run.num_threads=1"]
+
+
+def train_tiny_run(root: Path, name: str) -> Path:
+    """Generate ``<root>/data/<name>`` (preset clean, seed 0, TINY_SCENE) and train rgb, instance and
+    mapping into ``<root>/out/<name>``; returns the run dir."""
+    from preprocess.synthetic import generate_scene
+    from train import main as train_main
+
+    generate_scene(root / "data", name, seed=0, preset="clean", overrides=TINY_SCENE, progress=False)
+    run = root / "out" / name
+    for stage in ("rgb", "instance", "mapping"):
+        assert train_main(["--stage", stage, "-s", str(root / "data" / name), "-m", str(run), *TINY_SCHEDULE]) == 0
+    return run

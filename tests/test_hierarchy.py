@@ -16,12 +16,11 @@ import torch
 import query
 import render
 from arguments import Config
-from preprocess.synthetic import generate_scene
 from scene.grounding import refine_selection
 from scene.lerf_labels import read_gt
 from stages.hierarchy import granularity_scale, level_selection, object_regions
 from stages.query import QueryModel
-from train import main as train_main
+from scene_factory import train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,24 +91,11 @@ def test_bad_granularities_are_one_line_value_errors():
 
 
 # ---------------------------------------------------------------------------------------------
-# The tiny trained generated scene of tests/test_point_prompt.py (~15 s on 2 cores).
-SCENE = {"n_views": 10, "width": 64, "height": 48, "n_objects": 3, "n_labelled": 2, "n_points": 1500,
-         "layout_radius": 0.3, "distance": 1.0}
-FAST = ["--set", "rgb.iterations=300", "--set", "rgb.eval_every=0", "--set", "rgb.checkpoint_every=0",
-        "--set", "rgb.densify.refine_start_iter=100", "--set", "rgb.densify.refine_stop_iter=250",
-        "--set", "rgb.densify.reset_every=100000", "--set", "rgb.sh_degree_interval=100",
-        "--set", "instance.iterations=600", "--set", "instance.lr=0.01", "--set", "instance.num_samples=8192",
-        "--set", "instance.preview_every=0", "--set", "instance.checkpoint_every=0",
-        "--set", "run.progress=false", "--set", "run.num_threads=1"]
-
-
+# The tiny trained generated scene of tests/scene_factory.py (~15-20 s on 2 cores).
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("hierarchy")
-    generate_scene(root / "data", "h", seed=0, preset="clean", overrides=SCENE, progress=False)
-    run = root / "out" / "h"
-    for stage in ("rgb", "instance", "mapping"):
-        assert train_main(["--stage", stage, "-s", str(root / "data" / "h"), "-m", str(run), *FAST]) == 0, stage
+    run = train_tiny_run(root, "h")
     return run, read_gt(root / "data" / "label" / "h" / "gt")
 
 

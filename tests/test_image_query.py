@@ -20,31 +20,18 @@ import query
 import render
 from arguments import Config
 from preprocess.image_prompt import embed_image_prompt
-from preprocess.synthetic import build_scene, generate_scene, make_config
+from preprocess.synthetic import build_scene, make_config
 from preprocess.synthetic.render import id_buffers
 from scene.lerf_eval import iou
 from scene.lerf_labels import load_binary, read_gt
-from train import main as train_main
+from scene_factory import TINY_SCENE, train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
 
-# the generated scene and short schedule of tests/test_point_prompt.py (~15 s on 2 cores)
-SCENE = {"n_views": 10, "width": 64, "height": 48, "n_objects": 3, "n_labelled": 2, "n_points": 1500,
-         "layout_radius": 0.3, "distance": 1.0}
-FAST = ["--set", "rgb.iterations=300", "--set", "rgb.eval_every=0", "--set", "rgb.checkpoint_every=0",
-        "--set", "rgb.densify.refine_start_iter=100", "--set", "rgb.densify.refine_stop_iter=250",
-        "--set", "rgb.densify.reset_every=100000", "--set", "rgb.sh_degree_interval=100",
-        "--set", "instance.iterations=600", "--set", "instance.lr=0.01", "--set", "instance.num_samples=8192",
-        "--set", "instance.preview_every=0", "--set", "instance.checkpoint_every=0",
-        "--set", "run.progress=false", "--set", "run.num_threads=1"]
-
-
+# the tiny trained generated scene of tests/scene_factory.py (~15-20 s on 2 cores)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("image_query")
-    generate_scene(root / "data", "p", seed=0, preset="clean", overrides=SCENE, progress=False)
-    run = root / "out" / "p"
-    for stage in ("rgb", "instance", "mapping"):
-        assert train_main(["--stage", stage, "-s", str(root / "data" / "p"), "-m", str(run), *FAST]) == 0, stage
-    layout, cams = build_scene(0, make_config("clean", SCENE))
+    run = train_tiny_run(root, "p")
+    layout, cams = build_scene(0, make_config("clean", TINY_SCENE))
     return root, run, read_gt(root / "data" / "label" / "p" / "gt"), layout, cams
 
 

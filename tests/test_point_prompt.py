@@ -23,14 +23,13 @@ from gaussian_renderer import pixel_contributions
 from gaussian_renderer import project_gaussians
 from gaussian_renderer import render as render_view
 from dense_reference import dense_rasterize  # tests/ is on pytest's pythonpath (pyproject.toml)
-from preprocess.synthetic import generate_scene
 from scene.cameras import Camera, intrinsics, look_at
 from scene.errors import StageError
 from scene.lerf_eval import iou
 from scene.lerf_labels import load_binary, read_gt
 from stages.prompts import find_view, point_selection
 from stages.query import QueryModel
-from train import main as train_main
+from scene_factory import train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
 
 
 def _camera(width=40, height=30, name="frame_00001", eye=(0.0, -3.0, 0.4)):
@@ -156,25 +155,11 @@ def test_bad_points_are_one_line_refusals(blobs):
 
 
 # ---------------------------------------------------------------------------------------------
-# A generated scene with ground truth: three large objects close to the camera, a short schedule
-# (~15 s on 2 cores).
-SCENE = {"n_views": 10, "width": 64, "height": 48, "n_objects": 3, "n_labelled": 2, "n_points": 1500,
-         "layout_radius": 0.3, "distance": 1.0}
-FAST = ["--set", "rgb.iterations=300", "--set", "rgb.eval_every=0", "--set", "rgb.checkpoint_every=0",
-        "--set", "rgb.densify.refine_start_iter=100", "--set", "rgb.densify.refine_stop_iter=250",
-        "--set", "rgb.densify.reset_every=100000", "--set", "rgb.sh_degree_interval=100",
-        "--set", "instance.iterations=600", "--set", "instance.lr=0.01", "--set", "instance.num_samples=8192",
-        "--set", "instance.preview_every=0", "--set", "instance.checkpoint_every=0",
-        "--set", "run.progress=false", "--set", "run.num_threads=1"]
-
-
+# The tiny trained generated scene of tests/scene_factory.py: three large objects close to the camera.
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("points")
-    generate_scene(root / "data", "p", seed=0, preset="clean", overrides=SCENE, progress=False)
-    run = root / "out" / "p"
-    for stage in ("rgb", "instance", "mapping"):
-        assert train_main(["--stage", stage, "-s", str(root / "data" / "p"), "-m", str(run), *FAST]) == 0, stage
+    run = train_tiny_run(root, "p")
     return root / "data", run, read_gt(root / "data" / "label" / "p" / "gt")
 
 
