@@ -77,14 +77,22 @@ TINY_SCHEDULE = ["--set", "rgb.iterations=300", "--set", "rgb.eval_every=0", "--
                  "--set", "instance.checkpoint_every=0", "--set", "run.progress=false", "--set", "run.num_threads=1"]
 
 
-def train_tiny_run(root: Path, name: str) -> Path:
-    """Generate ``<root>/data/<name>`` (preset clean, seed 0, TINY_SCENE) and train rgb, instance and
-    mapping into ``<root>/out/<name>``; returns the run dir."""
+def train_tiny_run(root: Path, name: str, seed: int = 0, scene: dict | None = None) -> Path:
+    """Generate ``<root>/data/<name>`` (preset clean, ``seed``, ``scene`` overrides: default TINY_SCENE)
+    and train rgb, instance and mapping with TINY_SCHEDULE into ``<root>/out/<name>``; returns the run dir."""
     from preprocess.synthetic import generate_scene
     from train import main as train_main
 
-    generate_scene(root / "data", name, seed=0, preset="clean", overrides=TINY_SCENE, progress=False)
+    generate_scene(root / "data", name, seed=seed, preset="clean", overrides=scene or TINY_SCENE, progress=False)
     run = root / "out" / name
     for stage in ("rgb", "instance", "mapping"):
         assert train_main(["--stage", stage, "-s", str(root / "data" / name), "-m", str(run), *TINY_SCHEDULE]) == 0
     return run
+
+
+def one_line_error(capsys, *needles) -> None:
+    """What a CLI wrote to stderr is one ``error: ...`` line, no traceback, containing every needle."""
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)

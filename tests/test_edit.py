@@ -17,39 +17,22 @@ import query
 import render
 from arguments.cli import load_run_config
 from gaussian_renderer import render as rasterize
-from preprocess.synthetic import generate_scene
 from scene.gaussian_model import load_ply
 from scene.lerf_labels import read_gt
 from stages.edit import contact_sheet
-from train import main as train_main
+from scene_factory import one_line_error, train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
 
 SMALL = {"n_views": 12, "width": 64, "height": 48, "n_objects": 5, "n_labelled": 3, "n_points": 2000}
-# test_pipeline.py's short schedule (one thread: tiny tensors): ~30 s for the three stages on 2 busy cores;
+# trained with tests/scene_factory.py's TINY_SCHEDULE (one thread: tiny tensors): ~30 s on 2 busy cores;
 # "green apple" comes out clean (measured: 86-92% of its gt pixels change by > 30 levels when removed,
 # at most 2 levels anywhere 2 px away from it)
-FAST = ["--set", "rgb.iterations=300", "--set", "rgb.eval_every=0", "--set", "rgb.checkpoint_every=0",
-        "--set", "rgb.densify.refine_start_iter=100", "--set", "rgb.densify.refine_stop_iter=250",
-        "--set", "rgb.densify.reset_every=100000", "--set", "rgb.sh_degree_interval=100",
-        "--set", "instance.iterations=600", "--set", "instance.lr=0.01", "--set", "instance.num_samples=8192",
-        "--set", "instance.preview_every=0", "--set", "instance.checkpoint_every=0", "--set", "run.progress=false",
-        "--set", "run.num_threads=1"]
 Q = "green apple"
-
-
-def one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("error: "), err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 @pytest.fixture(scope="module")
 def edited(tmp_path_factory):
     root = tmp_path_factory.mktemp("edit")
-    generate_scene(root / "data", "tiny", seed=3, preset="clean", overrides=SMALL, progress=False)
-    run = root / "run"
-    for stage in ("rgb", "instance", "mapping"):
-        assert train_main(["--stage", stage, "-s", str(root / "data" / "tiny"), "-m", str(run), *FAST]) == 0
+    run = train_tiny_run(root, "tiny", seed=3, scene=SMALL)
     assert query.main(["-m", str(run), "--query", Q, "--export", "--remove", "--sheet"]) == 0
     for ply in (run / "rgb" / "point_cloud.ply", run / "queries" / f"{Q}_removed.ply"):
         assert render.main(["-m", str(run), "--edited", str(ply)]) == 0

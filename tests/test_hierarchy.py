@@ -20,7 +20,7 @@ from scene.grounding import refine_selection
 from scene.lerf_labels import read_gt
 from stages.hierarchy import granularity_scale, level_selection, object_regions
 from stages.query import QueryModel
-from scene_factory import train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
+from scene_factory import one_line_error, train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,12 +137,6 @@ def test_hierarchy_nests_and_its_object_level_is_the_text_query(trained, capsys)
     for g in ("part", "object", "group"):
         assert (run / "renders" / frame / f"{cat}@{g}.png").is_file()
 
-
-def one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 def test_bad_levels_on_the_command_line(trained, capsys):

@@ -24,7 +24,7 @@ from preprocess.synthetic import build_scene, make_config
 from preprocess.synthetic.render import id_buffers
 from scene.lerf_eval import iou
 from scene.lerf_labels import load_binary, read_gt
-from scene_factory import TINY_SCENE, train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
+from scene_factory import TINY_SCENE, one_line_error, train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
 
 # the tiny trained generated scene of tests/scene_factory.py (~15-20 s on 2 cores)
 @pytest.fixture(scope="module")
@@ -79,12 +79,6 @@ def test_a_crop_of_an_object_selects_that_object(trained, capsys):
         enc = rec["image_encoder"]
         assert (enc["encoder"], enc["view"], enc["object"], enc["box_in_view"]) == ("synthetic", view.name, name, box)
 
-
-def one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 def test_bad_image_prompts_on_the_command_line(trained, capsys):

@@ -29,7 +29,7 @@ from scene.lerf_eval import iou
 from scene.lerf_labels import load_binary, read_gt
 from stages.prompts import find_view, point_selection
 from stages.query import QueryModel
-from scene_factory import train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
+from scene_factory import one_line_error, train_tiny_run  # tests/ is on the pythonpath (pyproject.toml)
 
 
 def _camera(width=40, height=30, name="frame_00001", eye=(0.0, -3.0, 0.4)):
@@ -198,12 +198,6 @@ def test_a_point_on_an_object_selects_that_object(trained, capsys):
     scene = json.loads((run.parent / "metrics.json").read_text())["scenes"]["p"]
     assert scene["missing"] == 0 and scene["mIoU"] >= 60, scene
 
-
-def one_line_error(capsys, *needles):
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 def test_bad_point_prompts_on_the_command_line(trained, capsys):
