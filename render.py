@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from arguments.cli import add_run_config_args, load_run_config, run_cli
-from scene.atomic import write_json
+from scene.atomic import png_save, write_json
 from scene.errors import StageError
 from scene.rundir import RunLock
 from scene.runtime import resolve_device
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def to_png(img: torch.Tensor, path: Path) -> None:
     arr = (img.detach().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+    png_save(path, arr[..., 0] if arr.shape[-1] == 1 else arr)
 
 
 def run(args) -> int:

@@ -1,7 +1,9 @@
 """Atomic file writes: every output is written to a temporary name beside it and renamed into place,
-so an interrupted write never leaves a half-written file under the final name."""
+so an interrupted write never leaves a half-written file under the final name. Also the one file hash
+(``file_sha256``) the run dir, the weights lookup and the renders' records share."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -46,3 +48,20 @@ def np_save(path, arr) -> None:
 
     with atomic_path(path) as tmp:
         np.save(tmp, arr)
+
+
+def png_save(path, arr) -> None:
+    """uint8 [H, W] (grayscale) or [H, W, 3] (RGB) array -> PNG."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp)
+
+
+def file_sha256(path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's content."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

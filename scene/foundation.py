@@ -16,7 +16,6 @@ records the sha256 of the file actually used.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
+
+from .atomic import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,11 +152,7 @@ def sha256_file(path: Union[str, Path], chunk: int = 1 << 22) -> str:
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(chunk), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = file_sha256(p, chunk)
     return _SHA_CACHE[key]
 
 

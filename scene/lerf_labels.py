@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_path, write_text
+from .atomic import png_save, write_text
 
 BIN_THRESHOLD = 10  # default: value > 10 is foreground, for gt and prediction (OpenGaussian compute_lerf_iou.py)
 GT_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -101,8 +101,7 @@ def gt_masks_from_json(json_path) -> dict[str, np.ndarray]:
 
 def save_mask_png(mask: np.ndarray, path: Path) -> None:
     """Write a bool [H, W] mask as a 0/255 grayscale PNG via a temp name + rename."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
+    png_save(path, mask.astype(np.uint8) * 255)
 
 
 def ensure_gt(label_root, scene) -> Path:

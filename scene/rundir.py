@@ -17,7 +17,6 @@ predecessor of the same scene, and a retrained predecessor makes everything afte
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -25,7 +24,7 @@ import subprocess
 from pathlib import Path
 
 from arguments import Config, read_saved_config, save_config, to_dict
-from .atomic import write_json
+from .atomic import file_sha256, write_json
 from .errors import StageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -87,14 +86,6 @@ class RunLock:
 
 # ---------------------------------------------------------------------------------------------
 # content fingerprints
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(files: dict, known: dict | None = None) -> dict:
     """``{key: path}`` -> ``{key: {size, mtime_ns, sha256}}``. A hash in ``known`` is reused when the
     file's size and mtime are unchanged (so each file is hashed once, not on every command)."""

@@ -17,7 +17,6 @@ interactive viewer can call it; every file is written under a temporary name and
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from arguments import Config
 from gaussian_renderer import render
-from scene.atomic import atomic_path, write_json
+from scene.atomic import file_sha256, png_save, write_json
 from scene.dataset import load_scene_from_config
 from scene.errors import StageError
 from scene.gaussian_model import save_ply
@@ -84,18 +83,14 @@ def render_rgb(cfg: Config, params: dict, cam, bg: torch.Tensor | None = None) -
     return (out.color.clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
 
 
-def save_png(arr: np.ndarray, path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp)
-    return path
-
-
 def render_model_views(cfg: Config, params: dict, cameras, out_dir) -> list[Path]:
     """Render ``params`` in every camera -> ``<out_dir>/<image_name>.png`` (the camera's size)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [save_png(render_rgb(cfg, params, cam), out_dir / f"{cam.image_name}.png") for cam in cameras]
+    paths = [out_dir / f"{cam.image_name}.png" for cam in cameras]
+    for cam, path in zip(cameras, paths):
+        png_save(path, render_rgb(cfg, params, cam))
+    return paths
 
 
 def contact_sheet(cfg: Config, params: dict, sel, cameras, labels: bool = True, max_width: int = 480) -> np.ndarray:
@@ -194,16 +189,8 @@ def write_query_edits(cfg: Config, run_dir: Path, queries: list[str], kinds, dev
         if "remove" in paths:
             remove_selection(paths["remove"], params, sel)
         if "sheet" in paths:
-            save_png(contact_sheet(cfg, params, sel, sheet_cameras(scene, labelled, q)), paths["sheet"])
+            png_save(paths["sheet"], contact_sheet(cfg, params, sel, sheet_cameras(scene, labelled, q)))
     return out
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def claim_render_dir(out_dir: Path, ply: Path) -> None:

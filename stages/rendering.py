@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from arguments import Config
 from gaussian_renderer import render
-from scene.atomic import atomic_path
+from scene.atomic import png_save
 from scene.errors import StageError
 from scene.names import safe_stem
 from scene.selections import load_selection
@@ -29,11 +28,6 @@ def render_features(frozen: dict, ins_feat: torch.Tensor, cam, cfg: Config):
     out = render(frozen, cam, features=F.normalize(ins_feat, dim=-1),
                  bg=torch.zeros(ins_feat.shape[1], device=ins_feat.device), return_depth=False, **cfg.renderer.kwargs())
     return out.color, out
-
-
-def _to_png(arr: np.ndarray, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp)
 
 
 @torch.no_grad()
@@ -58,6 +52,6 @@ def render_selections(cfg: Config, run_dir: Path, model: dict, scene, frames: li
             rgb = (out.color.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
             for sub_dir, arr in (("renders", mask), ("renders_rgb", rgb)):
                 (Path(run_dir) / sub_dir / frame).mkdir(parents=True, exist_ok=True)
-                _to_png(arr, Path(run_dir) / sub_dir / frame / f"{safe_stem(text)}.png")
+                png_save(Path(run_dir) / sub_dir / frame / f"{safe_stem(text)}.png", arr)
             n += 1
     return n
