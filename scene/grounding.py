@@ -93,6 +93,17 @@ def _check_selection_inputs(name, score, feats, opacity, d):
     return d
 
 
+def instance_region(feats: torch.Tensor, seed: int, threshold: float) -> torch.Tensor:
+    """bool [N]: the instance region of Gaussian ``seed``, ``{j : f_seed·f_j > threshold}`` on unit
+    features [N, D], the seed itself always included (its self-similarity taken as exactly 1)."""
+    f = feats.to(torch.promote_types(feats.dtype, torch.float32))
+    sim = f @ f[seed]
+    sim[seed] = 1.0
+    region = sim > threshold
+    region[seed] = True
+    return region
+
+
 def refine_selection(
     score: torch.Tensor,       # [N] rescaled relevancy s in [0,1]
     feats: torch.Tensor,       # [N,F] L2-normalised instance features
@@ -204,10 +215,5 @@ def select(
             return torch.zeros_like(score, dtype=torch.bool)
         masked = torch.where(ok, score.float(), torch.full_like(score, -float("inf"), dtype=torch.float32))
         g = int(torch.argmax(masked))
-        f = feats.to(torch.promote_types(feats.dtype, torch.float32))
-        sim = f @ f[g]
-        sim[g] = 1.0
-        region = sim > 1.0 - instance_multiplier * d
-        region[g] = True                                           # the seed's own instance
-        return region
+        return instance_region(feats, g, 1.0 - instance_multiplier * d)  # the seed's own instance
     raise ValueError(f"select: unknown mode {mode!r}; expected one of {MODES}")

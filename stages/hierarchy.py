@@ -23,7 +23,7 @@ import torch
 
 from arguments import Config
 from scene.atomic import write_json
-from scene.grounding import refine_selection, relevancy, rescale
+from scene.grounding import instance_region, refine_selection, relevancy, rescale
 from scene.names import safe_stem
 from scene.selections import queries_dir, record_selections
 
@@ -80,14 +80,10 @@ def level_selection(feats: torch.Tensor, d: float, object_sel: torch.Tensor, reg
     if scale == 1.0:
         return object_sel.clone(), [torch.isin(torch.arange(object_sel.shape[0], device=object_sel.device), idx)
                                     for _, _, idx in regions]
-    f = feats.to(torch.promote_types(feats.dtype, torch.float32))
     sel = object_sel.clone() if scale > 1.0 else torch.zeros_like(object_sel)
     parts = []
     for g, m, idx in regions:
-        sim = f @ f[g]
-        sim[g] = 1.0
-        ball = sim > 1.0 - scale * m * d
-        ball[g] = True
+        ball = instance_region(feats, g, 1.0 - scale * m * d)
         if scale < 1.0:
             inside = torch.zeros_like(ball)
             inside[idx] = True

@@ -23,6 +23,7 @@ import torch
 from arguments import Config
 from gaussian_renderer import pixel_contributions
 from scene.errors import StageError
+from scene.grounding import instance_region
 from scene.selections import record_selections
 
 from .query import QueryModel, load_query_model
@@ -62,16 +63,6 @@ def loosest_threshold(cfg: Config, qm: QueryModel) -> float:
     return 1.0 - max(float(m) for m in cfg.query.multipliers) * qm.d
 
 
-def instance_region(qm: QueryModel, seed: int, threshold: float) -> torch.Tensor:
-    """bool [N]: ``{j : f_seed·f_j > threshold}``, seed included (the refinement's region, §5.3)."""
-    f = qm.feats.to(torch.promote_types(qm.feats.dtype, torch.float32))
-    sim = f @ f[seed]
-    sim[seed] = 1.0
-    region = sim > threshold
-    region[seed] = True
-    return region
-
-
 def pixel_region(cfg: Config, qm: QueryModel, idx: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The instance region of one pixel (docs/method.md §5.6) from its contributions ``idx``/``w``
     [k] (decreasing weight, -1 = none) and its info. The contributors are the candidate seeds: the
@@ -81,13 +72,13 @@ def pixel_region(cfg: Config, qm: QueryModel, idx: torch.Tensor, w: torch.Tensor
     threshold, tau, total = loosest_threshold(cfg, qm), float(cfg.query.score_thresh), float(w.sum())
     chosen = None
     for k in range(min(SEED_CANDIDATES, idx.numel())):
-        region = instance_region(qm, int(idx[k]), threshold)
+        region = instance_region(qm.feats, int(idx[k]), threshold)
         share = float((w * region[idx]).sum()) / total
         if share >= tau:
             chosen = (k, region, share)
             break
     if chosen is None:                                   # no candidate explains the pixel: the top one
-        region = instance_region(qm, int(idx[0]), threshold)
+        region = instance_region(qm.feats, int(idx[0]), threshold)
         chosen = (0, region, float((w * region[idx]).sum()) / total)
     k, region, share = chosen
     return region, {"gaussian": int(idx[k]), "rank": k, "weight": round(float(w[k]), 6),
