@@ -61,6 +61,11 @@ class Camera:
     def K_tensor(self, device=None, dtype=torch.float32) -> torch.Tensor:
         return torch.as_tensor(self.K, dtype=dtype, device=device)
 
+    @property
+    def fov_y(self) -> float:
+        """Vertical field of view in radians, ``2 atan(H / (2 fy))``."""
+        return float(2.0 * np.arctan(0.5 * self.height / self.fy))
+
     def scaled(self, width: int, height: int) -> "Camera":
         """The same camera rendered at another resolution (intrinsics rescaled)."""
         sx, sy = width / self.width, height / self.height
@@ -104,6 +109,23 @@ def look_at(center, target, up=(0.0, 0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]
     R = np.stack([x, y, z], axis=0)  # rows: camera axes in world coordinates
     t = -R @ center
     return R, t
+
+
+def camera_from_pose(R_c2w, center, fov_y: float, width: int, height: int, image_name: str = "viewer",
+                     uid: int = -1) -> Camera:
+    """A camera from a camera-to-world rotation (its columns: the camera's x right, y down and z forward
+    axes in world coordinates, the convention of web viewers such as viser), its centre and its
+    vertical field of view in radians; square pixels, principal point at the image centre."""
+    R_c2w = np.asarray(R_c2w, dtype=np.float64).reshape(3, 3)
+    center = np.asarray(center, dtype=np.float64).reshape(3)
+    if not (0.0 < float(fov_y) < np.pi) or int(width) < 1 or int(height) < 1:
+        raise ValueError(f"camera_from_pose: fov_y {fov_y!r} must be in (0, pi) and the size {width}x{height} "
+                         f"positive")
+    f = 0.5 * int(height) / np.tan(0.5 * float(fov_y))
+    R = R_c2w.T
+    return Camera(uid=uid, image_name=image_name, R=R, t=-R @ center, K=intrinsics(f, f, 0.5 * int(width),
+                                                                                   0.5 * int(height)),
+                  width=int(width), height=int(height))
 
 
 def intrinsics(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:

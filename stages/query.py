@@ -93,9 +93,11 @@ def load_query_model(cfg: Config, run_dir: Path, device) -> QueryModel:
                       model_id(run_dir))
 
 
-def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: torch.Tensor) -> list[tuple]:
+def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: torch.Tensor,
+                        return_scores: bool = False) -> list[tuple]:
     """Prompt embeddings [Q, C] (text or image) -> [(bool [N] selection, seconds)] with ``query.mode``:
-    relevancy against the negatives [K, C], rescale, then the mode's selection."""
+    relevancy against the negatives [K, C], rescale, then the mode's selection. ``return_scores``: each
+    tuple also holds the rescaled relevancy [N] the selection was made from (the viewer's heat map)."""
     q = cfg.query
     t_all = time.time()
     rel = relevancy(qm.lang, pos, neg, temperature=q.temperature)  # [Q, N]
@@ -107,8 +109,20 @@ def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: tor
         sel = select(q.mode, s, qm.feats, qm.opacity, qm.d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
                      multipliers=tuple(q.multipliers), language_threshold=q.language_threshold,
                      instance_multiplier=q.instance_multiplier)
-        out.append((sel, round(time.time() - t0 + t_rel, 4)))
+        seconds = round(time.time() - t0 + t_rel, 4)
+        out.append((sel, seconds, s) if return_scores else (sel, seconds))
     return out
+
+
+def select_texts(cfg: Config, qm: QueryModel, enc, texts: list[str], return_scores: bool = False) -> list[tuple]:
+    """Text queries -> ``select_from_vectors`` of their embeddings by ``enc`` against ``query.negatives``:
+    what ``query.py`` and the viewer answer a text with."""
+    for text in texts:
+        safe_stem(text)  # refuses an empty query before any work
+    device = qm.feats.device
+    pos = enc.encode(list(texts)).to(device)
+    neg = enc.encode(list(cfg.query.negatives)).to(device)
+    return select_from_vectors(cfg, qm, pos, neg, return_scores)
 
 
 def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:
@@ -117,9 +131,7 @@ def run_queries(cfg: Config, run_dir: Path, queries: list[str], device) -> dict:
         safe_stem(text)  # refuses an empty query before any work
     qm = load_query_model(cfg, run_dir, device)
     enc, enc_info = build_encoder(cfg, run_dir)
-    pos = enc.encode(list(queries)).to(device)
-    neg = enc.encode(list(cfg.query.negatives)).to(device)
-    results = select_from_vectors(cfg, qm, pos, neg)
+    results = select_texts(cfg, qm, enc, queries)
     entries = {text: (sel.cpu().numpy(), {"mode": cfg.query.mode, "prompt": {"text": text}, "text_encoder": enc_info,
                                           "seconds": sec})
                for text, (sel, sec) in zip(queries, results)}
