@@ -149,7 +149,7 @@ class Viewer:
         self.session.set_options(mode=self.mode.value, tau=self.tau.value)
         if self.session.last_text:         # a text selection follows its controls
             return self.session.text(self.session.last_text)
-        return None
+        return f"mode {self.mode.value}, τ {self.tau.value:g}: used by the next query"
 
     def _click(self, event, action: str) -> str:
         from scene.cameras import camera_from_pose
