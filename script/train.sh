@@ -8,6 +8,8 @@
 # trained with arguments/synthetic_cpu.yaml first in the argfile list (CPU-sized schedules).
 # Argument files (-c FILE / --config FILE, repeatable, or positional after the scene) apply in order,
 # after $EXTRA_ARGFILES; a relative path is looked up in the current directory, then the repo root.
+# A scene with photos (images/ or input/) but no sparse/0 gets camera poses first (python -m
+# preprocess.capture: structure from motion, docs/capture.md).
 # A scene without language_features/ is preprocessed first (SAM + CLIP, weights in $CKPT_DIR).
 # A finished stage is skipped; FORCE=1 re-runs all of them. The run goes to $OUT_ROOT/$TAG/<scene>.
 # Env: DATA_ROOT, OUT_ROOT, TAG, CKPT_DIR, PYTHON, FORCE, EXTRA_ARGFILES, SYNTH_ROOT, SYNTH_ARGS
@@ -38,6 +40,11 @@ config_flags "${argfiles[@]}"
 force=()
 [[ "${FORCE:-0}" == "1" ]] && force=(--force)
 
+# a capture without camera poses yet: structure from motion first (never redone: FORCE=1 keeps the poses)
+if [[ ! -d "$src/sparse/0" && ( -d "$src/images" || -d "$src/input" ) ]]; then
+  echo "[train.sh] no $src/sparse/0: structure from motion (python -m preprocess.capture)"
+  "$PYTHON" -m preprocess.capture -s "$src"
+fi
 # no features yet, or our own preprocessing's folder (it resumes an interrupted run and is a no-op when complete)
 if [[ ! -d "$src/language_features" || -f "$src/language_features/manifest.json" ]]; then
   echo "[train.sh] SAM + CLIP preprocessing of $src (resumes / skips finished images)"

@@ -63,6 +63,7 @@ SKIP = [
     (r"\bpython3? viewer\.py\b", "a server that runs until Ctrl-C (tests/test_viewer.py drives it in a browser)", True),
     (r"\bpython3? script/viewer_screenshot\.py\b", "needs Chromium (tests/test_viewer.py runs its driver)", False),
     (r"^ssh\b", "an SSH tunnel to another machine", False),
+    (r"\bpython3? -m preprocess\.capture\b", "structure from motion of a capture (tests/test_capture.py runs it)", True),
 ]
 # README commands that run a script or CLI of this repo
 REPO_COMMAND = re.compile(r"(^|[\s;&|(])(bash script/\w+\.sh|python3? (train|query|render|eval_lerf)\.py"
