@@ -135,6 +135,8 @@ class QueryConfig:
                                    "(phrase->vector file) | openclip (weights from ckpts/)",
                           choices=["auto", "hash", "table", "openclip"])
     text_table: str = F("", "table encoder: JSON/pt phrase->vector file; empty = <scene>/text_features.json")
+    text_model: str = F("", "openclip encoder: the open_clip model of the text tower (e.g. ViT-B-16, ViT-B-16-SigLIP); "
+                            "empty = the one recorded in the features' manifest.json (another one is refused)")
     negatives: list[str] = F(["object", "things", "stuff", "texture"], "canonical negative phrases (LERF / LangSplat)")
     temperature: float = F(10.0, "relevancy softmax temperature (LERF: 10)")
     score_thresh: float = F(0.5, "tau: seed threshold and region acceptance on the rescaled relevancy (COS3D: 0.5)")

@@ -24,12 +24,12 @@ import cv2
 import numpy as np
 import torch
 
-from scene.foundation import embed_dim
+from scene.foundation import OPENAI_MEAN_STD, embed_dim
 
 CROP_SIZE = 224
-# OpenAI CLIP normalisation used by LangSplat's OpenCLIPNetwork (and open_clip's ViT-B-16 config)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# OpenAI CLIP normalisation used by LangSplat's OpenCLIPNetwork (and open_clip's ViT-B-16 config);
+# SigLIP's is scene.foundation.SIGLIP_MEAN_STD (scene.foundation.image_mean_std picks by model)
+CLIP_MEAN, CLIP_STD = OPENAI_MEAN_STD
 
 
 def mask_crop(image: np.ndarray, mask: np.ndarray, bbox, size: int = CROP_SIZE) -> np.ndarray:
@@ -63,18 +63,21 @@ def level_crops(image: np.ndarray, records: list[dict[str, Any]], size: int = CR
 
 
 class OpenCLIPImageEncoder:
-    """``ImageEncoder`` over an OpenCLIP model: ``encode(crops uint8 [M, 224, 224, 3]) -> float32 [M, dim]``."""
+    """``ImageEncoder`` over an OpenCLIP model: ``encode(crops uint8 [M, 224, 224, 3]) -> float32 [M, dim]``.
+    ``mean_std``: the tower's normalisation (``scene.foundation.image_mean_std(model name)``)."""
 
-    def __init__(self, model, batch_size: int = 128):
+    def __init__(self, model, batch_size: int = 128, mean_std=OPENAI_MEAN_STD):
         if batch_size < 1:
             raise ValueError(f"clip batch size must be >= 1, got {batch_size}")
         self.model = model
         self.batch_size = int(batch_size)
         self.dim = embed_dim(model)
+        size = getattr(getattr(model, "visual", None), "image_size", CROP_SIZE)
+        self.size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean_std[0], device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(mean_std[1], device=self.device).view(1, 3, 1, 1)
 
     @torch.no_grad()
     def encode(self, crops: np.ndarray) -> torch.Tensor:
@@ -86,6 +89,8 @@ class OpenCLIPImageEncoder:
         for s in range(0, len(crops), self.batch_size):
             x = torch.from_numpy(crops[s:s + self.batch_size]).to(self.device)
             x = x.permute(0, 3, 1, 2).to(torch.float32) / 255.0                 # [B, 3, 224, 224]
+            if self.size != tuple(x.shape[-2:]):   # a tower of another input size (e.g. SigLIP-256)
+                x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
             x = ((x - self.mean) / self.std).to(self.dtype)
             e = self.model.encode_image(x)                                       # [B, dim]
             e = e / e.norm(dim=-1, keepdim=True)

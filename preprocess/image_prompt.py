@@ -78,11 +78,12 @@ def openclip_crop(image: np.ndarray, box) -> np.ndarray:
 def openclip_vector(image: np.ndarray, box, resolved: dict, device, ckpt_dir=None) -> tuple[torch.Tensor, dict]:
     """([1, C] unit float32, record) from the OpenCLIP image tower of the resolved text encoder's model."""
     from scene.encoders import known_openclip_weights
-    from scene.foundation import find_openclip_weights, load_openclip, resolve_precision, sha256_file
+    from scene.foundation import (find_openclip_weights, image_mean_std, load_openclip, resolve_precision,
+                                  sha256_file)
 
     from .clip_features import OpenCLIPImageEncoder
 
-    weights = find_openclip_weights(ckpt_dir)
+    weights = find_openclip_weights(ckpt_dir, model=resolved["model"])
     sha = sha256_file(weights)
     want = resolved.get("weights_sha256")
     if want and sha != want and (known_openclip_weights(sha) is None
@@ -92,7 +93,8 @@ def openclip_vector(image: np.ndarray, box, resolved: dict, device, ckpt_dir=Non
                          f"(see ckpts/README.md)")
     device = torch.device(device if device is not None else "cpu")
     precision = resolve_precision("auto", device)
-    enc = OpenCLIPImageEncoder(load_openclip(resolved["model"], weights, device, precision))
+    enc = OpenCLIPImageEncoder(load_openclip(resolved["model"], weights, device, precision),
+                               mean_std=image_mean_std(resolved["model"]))
     vec = enc.encode(openclip_crop(image, box)[None])
     return vec, {"encoder": "openclip", "model": resolved["model"], "pretrained": resolved.get("pretrained"),
                  "precision": precision, "weights_file": str(weights), "weights_sha256": sha}

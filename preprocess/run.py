@@ -86,6 +86,32 @@ def list_images(scene: Path, images: str = "images") -> list[Path]:
     return files
 
 
+def stream_images(paths: list[Path], resolution: int = -1, workers: int = 2):
+    """``(path, RGB uint8)`` in order, the next ``workers`` images read by threads while the caller
+    works on the current one (cv2 decodes without the GIL); ``workers`` 0: read one by one."""
+    if workers <= 0:
+        for p in paths:
+            yield p, read_image(p, resolution)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque()
+        for p in paths:
+            pending.append((p, pool.submit(read_image, p, resolution)))
+            if len(pending) > workers:
+                q, f = pending.popleft()
+                yield q, f.result()
+        while pending:
+            q, f = pending.popleft()
+            yield q, f.result()
+
+
+def encoder_mean_std(encoder) -> tuple:
+    return tuple(encoder.mean.flatten().tolist()), tuple(encoder.std.flatten().tolist())
+
+
 def read_image(path: Path, resolution: int = -1) -> np.ndarray:
     """RGB uint8 [H, W, 3] as LangSplat reads it (cv2.imread, BGR->RGB, resized by
     ``scene.dataset.target_size_langsplat``)."""
@@ -125,7 +151,8 @@ def process_image(rgb: np.ndarray, generator, encoder, nms: dict, device=None):
 # ---------------------------------------------------------------------------------------------
 def _versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "torchvision", "segment-anything", "open-clip-torch", "numpy", "opencv-python-headless"):
+    for pkg in ("torch", "torchvision", "segment-anything", "sam2", "open-clip-torch", "transformers", "numpy",
+                "opencv-python-headless"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -161,27 +188,44 @@ def check_resume(out_dir: Path, settings: dict, overwrite: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from .mask_filter import LANGSPLAT_NMS
+    from .models import MASK_MODELS
+    from .sam2_levels import DEFAULT_SAM2, SAM2_CHECKPOINTS, sam2_models
     from .sam_levels import LANGSPLAT_AMG
-    from scene.foundation import DEFAULT_CLIP_MODEL, sam_model_types
+    from scene.foundation import LANGUAGE_MODELS, sam_model_types
 
     p = argparse.ArgumentParser(prog="python -m preprocess.run",
-                                description="SAM 4-level masks + OpenCLIP per-mask features (LangSplat format).")
+                                description="SAM / SAM 2 4-level masks + OpenCLIP / SigLIP per-mask features "
+                                            "(LangSplat format).")
     p.add_argument("-s", "--source_path", required=True, help="scene folder with images/")
     p.add_argument("--images", default="images", help="image folder inside the scene")
     p.add_argument("--output", default="language_features", help="output folder inside the scene")
     p.add_argument("--ckpt_dir", default=None, help="weights folder (default $CKPT_DIR or <repo>/ckpts)")
-    p.add_argument("--sam_model", default="vit_h", choices=sam_model_types())
-    p.add_argument("--sam_checkpoint", default=None, help="SAM state_dict file (default: official name in ckpt_dir)")
-    p.add_argument("--clip_model", default=DEFAULT_CLIP_MODEL, help="open_clip model config name")
+    p.add_argument("--masks", default="sam", choices=MASK_MODELS,
+                   help="mask generator: sam (segment-anything, LangSplat's) | sam2 (the sam2 package's SAM 2.1); "
+                        "both give LangSplat's 4 levels (docs/method.md §6.2)")
+    p.add_argument("--sam_model", default="vit_h", choices=sam_model_types(), help="--masks sam: the SAM model")
+    p.add_argument("--sam2_model", default=DEFAULT_SAM2, choices=sam2_models(),
+                   help=f"--masks sam2: the SAM 2.1 model ({', '.join(SAM2_CHECKPOINTS)}; default {DEFAULT_SAM2}, "
+                        f"as COS3D's language_features_SAM2_local_large)")
+    p.add_argument("--sam_checkpoint", default=None,
+                   help="SAM / SAM 2 weights file (default: the official file name in ckpt_dir)")
+    p.add_argument("--language", default="openclip", choices=tuple(LANGUAGE_MODELS),
+                   help="language model: openclip (LangSplat's OpenCLIP ViT-B-16, 512-D) | siglip "
+                        "(ViT-B-16-SigLIP, 768-D, weights + tokenizer in ckpt_dir/ViT-B-16-SigLIP/); the query "
+                        "uses its text tower (recorded in manifest.json)")
+    p.add_argument("--clip_model", default=None, help="open_clip model config name (default: --language's)")
     p.add_argument("--clip_weights", default=None,
-                   help="OpenCLIP weights file (default: open_clip_model.safetensors or "
-                        "open_clip_pytorch_model.bin in ckpt_dir)")
+                   help="open_clip weights file (default: open_clip_model.safetensors or "
+                        "open_clip_pytorch_model.bin in ckpt_dir, or in ckpt_dir/<model>/ for other models)")
     p.add_argument("--resolution", type=int, default=-1, help="-1: downscale to 1080 px high if higher; "
                                                                "R > 0: resize to R px WIDE (LangSplat)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda[:i]")
     p.add_argument("--precision", default="auto", choices=("auto", "fp16", "fp32"),
                    help="CLIP precision (auto: fp16 on CUDA as LangSplat, fp32 on CPU)")
     p.add_argument("--clip_batch", type=int, default=128, help="crops per CLIP forward pass")
+    p.add_argument("--workers", type=int, default=2,
+                   help="threads reading (and decoding) the next images while the models run (default 2; "
+                        "0 = read in the main thread); the output does not change")
     for k, v in LANGSPLAT_AMG.items():
         p.add_argument(f"--{k}", type=type(v), default=v, help=f"SAM generator (LangSplat: {v})")
     for k, v in LANGSPLAT_NMS.items():
@@ -194,30 +238,31 @@ def run(args) -> dict:
     """Runs the preprocessing described by parsed ``args``; returns a summary dict."""
     from tqdm import tqdm
 
-    from scene.foundation import load_openclip, pick_device, resolve_precision
+    from scene.foundation import checkpoint_dir, find_openclip_weights, pick_device, resolve_precision, sha256_file
 
-    from .clip_features import OpenCLIPImageEncoder
     from .mask_filter import LANGSPLAT_NMS
-    from .sam_levels import LANGSPLAT_AMG, LevelMaskGenerator
-    from scene.foundation import load_sam
-    from scene.foundation import checkpoint_dir, find_openclip_weights, find_sam_checkpoint, sha256_file
+    from .models import build_image_encoder, build_mask_generator, find_mask_weights, language_model_name
+    from .sam_levels import LANGSPLAT_AMG
 
     scene = Path(args.source_path)
     files = list_images(scene, args.images)
     if args.ckpt_dir is not None:
         checkpoint_dir(args.ckpt_dir)  # a file: say so, not "weights not found in it"
-    sam_ckpt = find_sam_checkpoint(args.sam_model, args.ckpt_dir, args.sam_checkpoint)
-    clip_w = find_openclip_weights(args.ckpt_dir, args.clip_weights)
+    mask_key, mask_settings, mask_w = find_mask_weights(args.masks, args)
+    clip_model = language_model_name(args.language, args.clip_model)
+    clip_w = find_openclip_weights(args.ckpt_dir, args.clip_weights, model=clip_model)
     device = pick_device(args.device)
     precision = resolve_precision(args.precision, device)
     for k in ("points_per_batch", "clip_batch", "points_per_side"):
         if getattr(args, k) < 1:
             raise ValueError(f"--{k} must be >= 1, got {getattr(args, k)}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     amg = {k: getattr(args, k) for k in LANGSPLAT_AMG}
     nms = {k: getattr(args, f"nms_{k}") for k in LANGSPLAT_NMS}
     settings = {
-        "sam": {"model_type": args.sam_model, "file": sam_ckpt.name, "sha256": sha256_file(sam_ckpt)},
-        "clip": {"model": args.clip_model, "file": clip_w.name, "sha256": sha256_file(clip_w),
+        mask_key: mask_settings,
+        "clip": {"model": clip_model, "file": clip_w.name, "sha256": sha256_file(clip_w),
                  "precision": precision},
         "generator": {k: v for k, v in amg.items() if k != "points_per_batch"},
         "mask_nms": nms, "resolution": args.resolution, "images": args.images, "seed": SEED,
@@ -243,24 +288,24 @@ def run(args) -> dict:
     np.random.seed(SEED)
     torch.manual_seed(SEED)
     torch.backends.cudnn.deterministic = True  # LangSplat seed_everything
-    sam = load_sam(args.sam_model, sam_ckpt, device)
-    generator = LevelMaskGenerator(sam, **amg)
-    encoder = OpenCLIPImageEncoder(load_openclip(args.clip_model, clip_w, device, precision), args.clip_batch)
+    encoder = build_image_encoder(clip_model, clip_w, device, precision, args.clip_batch)  # a bad file: first
+    generator = build_mask_generator(args.masks, args, mask_w, device, amg)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.tmp*"):  # leftovers of a killed run (never renamed, so never valid)
         stale.unlink(missing_ok=True)
     manifest = {"tool": "python -m preprocess.run", "settings": settings,
                 "format": {"_s.npy": "float32 [4, H, W] ids (default, s, m, l), -1 = no mask",
-                           "_f.npy": f"float32 [M, {encoder.dim}] L2-normalised OpenCLIP image embeddings"},
+                           "_f.npy": f"float32 [M, {encoder.dim}] L2-normalised {clip_model} image embeddings"},
                 "runtime": {"device": str(device), "points_per_batch": args.points_per_batch,
-                            "clip_batch": args.clip_batch, "versions": _versions()},
+                            "clip_batch": args.clip_batch, "workers": args.workers,
+                            "image_mean_std": [list(v) for v in encoder_mean_std(encoder)],
+                            "versions": _versions()},
                 "images": len(files), "complete": False}
     _write_json(out_dir / "manifest.json", manifest)
     t0, noted, total_masks = time.time(), False, 0
-    bar = tqdm(todo, desc="SAM+CLIP", unit="img", disable=not todo)
-    for path in bar:
-        rgb = read_image(path, args.resolution)
+    bar = tqdm(total=len(todo), desc=f"{args.masks.upper()}+{args.language}", unit="img", disable=not todo)
+    for path, rgb in stream_images(todo, args.resolution, args.workers):
         if not noted and args.resolution == -1 and rgb.shape[0] == LANGSPLAT_MAX_HEIGHT:
             print(f"[preprocess] images over {LANGSPLAT_MAX_HEIGHT} px high are resized to "
                   f"{LANGSPLAT_MAX_HEIGHT} px high (pass --resolution <width> to choose)")
@@ -268,7 +313,9 @@ def run(args) -> dict:
         seg, feats, counts = process_image(rgb, generator, encoder, nms, device)
         save_features(out_dir, path.name.split(".")[0], seg, feats)
         total_masks += sum(counts)
+        bar.update(1)
         bar.set_postfix(masks="/".join(map(str, counts)))
+    bar.close()
     sec = time.time() - t0
     manifest.update(complete=True, seconds=round(sec, 2), processed=len(todo),
                     seconds_per_image=round(sec / max(len(todo), 1), 3))

@@ -20,6 +20,7 @@ Records are upstream's dicts: ``segmentation`` bool ``[H, W]``, ``area`` int, ``
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.utils.amg import (MaskData, area_from_rle, batch_iterator, batched_mask_to_box,
                                         box_xyxy_to_xywh, calculate_stability_score, generate_crop_boxes,
-                                        is_box_near_crop_edge, mask_to_rle_pytorch, rle_to_mask,
+                                        is_box_near_crop_edge, rle_to_mask,
                                         uncrop_boxes_xyxy, uncrop_masks, uncrop_points)
 from torchvision.ops.boxes import batched_nms, box_area
 
@@ -38,10 +39,63 @@ LANGSPLAT_AMG = dict(points_per_side=32, points_per_batch=64, pred_iou_thresh=0.
                      stability_score_thresh=0.85, box_nms_thresh=0.7, crop_n_layers=1,
                      crop_n_points_downscale_factor=1, min_mask_region_area=100)
 
+def masks_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """bool [B, H, W] -> upstream's uncompressed RLEs (``{"size": [H, W], "counts": [...]}``, column-major
+    runs starting with a run of zeros), the same lists as ``mask_to_rle_pytorch``. Upstream selects each
+    mask's change points from all of them with a boolean index (O(B x changes)); here they are split
+    once by mask (``searchsorted`` on the sorted mask column), which took ~half of a generate_levels
+    call away at LangSplat's 1024 points per crop (benchmarks/preprocess.py)."""
+    b, h, w = masks.shape
+    flat = masks.permute(0, 2, 1).flatten(1)
+    changes = (flat[:, 1:] ^ flat[:, :-1]).nonzero().cpu().numpy()    # [K, 2] (mask, position), sorted
+    first = flat[:, 0].cpu().numpy()
+    bounds = np.searchsorted(changes[:, 0], np.arange(b + 1))
+    out = []
+    for i in range(b):
+        ends = np.concatenate(([0], changes[bounds[i]:bounds[i + 1], 1] + 1, [h * w]))
+        counts = np.diff(ends).tolist()
+        out.append({"size": [h, w], "counts": ([0] + counts) if first[i] else counts})
+    return out
+
+
+def concat_mask_data(parts: list[MaskData]) -> MaskData:
+    """The ``MaskData`` of all ``parts`` in order, each field concatenated once. Upstream's
+    ``MaskData.cat`` deep-copies the RLE lists accumulated so far at every call, which made
+    gathering 16 point batches x 5 crops x 4 levels quadratic: ~64% of a generate_levels call
+    (benchmarks/preprocess.py). The parts are fresh per batch and never reused, so no copy is needed."""
+    if not parts:
+        return MaskData()
+    out = {}
+    for k, v in parts[0].items():
+        vals = [p[k] for p in parts]
+        if v is None:
+            out[k] = None
+        elif isinstance(v, torch.Tensor):
+            out[k] = torch.cat(vals, dim=0)
+        elif isinstance(v, np.ndarray):
+            out[k] = np.concatenate(vals, axis=0)
+        else:
+            out[k] = [x for val in vals for x in val]
+    return MaskData(**out)
+
+
 class LevelMaskGenerator(SamAutomaticMaskGenerator):
     """Upstream ``SamAutomaticMaskGenerator`` plus :meth:`generate_levels` (LangSplat's 4 levels).
 
-    Construct it exactly like the parent (``LevelMaskGenerator(sam, **LANGSPLAT_AMG)``)."""
+    Construct it exactly like the parent (``LevelMaskGenerator(sam, **LANGSPLAT_AMG)``), or around
+    another predictor with :meth:`around` (SAM 2, ``preprocess/sam2_levels.py``)."""
+
+    @classmethod
+    def around(cls, predictor, **amg) -> "LevelMaskGenerator":
+        """The same generator talking to ``predictor`` instead of a ``SamPredictor``: any object with
+        ``set_image``, ``transform.apply_coords``, ``predict_torch``, ``reset_image``,
+        ``model.mask_threshold`` and ``device`` as used below."""
+        # upstream __init__ wraps its model in a SamPredictor, which reads only image_encoder.img_size;
+        # that throw-away predictor is replaced at once
+        stand_in = SimpleNamespace(image_encoder=SimpleNamespace(img_size=1024))
+        gen = cls(stand_in, **amg)
+        gen.predictor = predictor
+        return gen
 
     @torch.no_grad()
     def generate_levels(self, image: np.ndarray) -> dict[str, list[dict[str, Any]]]:
@@ -66,11 +120,12 @@ class LevelMaskGenerator(SamAutomaticMaskGenerator):
     def _levels_data(self, image: np.ndarray) -> dict[str, MaskData | None]:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
-        per_level = {lv: MaskData() for lv in LEVELS}
+        parts = {lv: [] for lv in LEVELS}
         for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
             crop = self._crop_levels(image, crop_box, layer_idx, orig_size)
             for lv in LEVELS:
-                per_level[lv].cat(crop[lv])
+                parts[lv].append(crop[lv])
+        per_level = {lv: concat_mask_data(parts[lv]) for lv in LEVELS}
         out: dict[str, MaskData | None] = {}
         for lv, d in per_level.items():
             if len(d["rles"]) == 0:
@@ -92,10 +147,11 @@ class LevelMaskGenerator(SamAutomaticMaskGenerator):
         crop_size = crop.shape[:2]
         self.predictor.set_image(crop)
         points_all = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
-        levels = {lv: MaskData() for lv in LEVELS}
+        parts = {lv: [] for lv in LEVELS}
         for (points,) in batch_iterator(self.points_per_batch, points_all):
             for lv, d in self._batch_levels(points, crop_size, crop_box, orig_size).items():
-                levels[lv].cat(d)
+                parts[lv].append(d)
+        levels = {lv: concat_mask_data(parts[lv]) for lv in LEVELS}
         self.predictor.reset_image()
         for d in levels.values():
             boxes = d["boxes"]
@@ -139,7 +195,7 @@ class LevelMaskGenerator(SamAutomaticMaskGenerator):
         keep = ~is_box_near_crop_edge(d["boxes"], crop_box, [0, 0, w, h])
         if not torch.all(keep):
             d.filter(keep)
-        d["rles"] = mask_to_rle_pytorch(uncrop_masks(d["masks"], crop_box, h, w))
+        d["rles"] = masks_to_rle(uncrop_masks(d["masks"], crop_box, h, w))
         del d["masks"]
 
     # -- step 8 ---------------------------------------------------------------------------------

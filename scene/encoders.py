@@ -277,7 +277,7 @@ class OpenCLIPTextEncoder:
         if pretrained is not None and (not isinstance(pretrained, str) or not pretrained):
             raise ValueError(f"text encoder 'openclip': pretrained must be a non-empty tag, got {pretrained!r}")
         self.model_name = model
-        self.weights_path = find_openclip_weights(ckpt_dir, weights)
+        self.weights_path = find_openclip_weights(ckpt_dir, weights, model=model)
         self.sha256 = sha256_file(self.weights_path)
         known = known_openclip_weights(self.sha256)
         if known is not None and (known[0] != model or (pretrained is not None and known[1] != pretrained)):
@@ -321,12 +321,10 @@ class OpenCLIPTextEncoder:
 
     # -- model ---------------------------------------------------------------------------------
     def _load(self) -> None:
-        import open_clip
+        from scene.foundation import load_openclip, load_tokenizer
 
-        from scene.foundation import load_openclip
-
+        self._tokenizer = load_tokenizer(self.model_name, self.weights_path)   # a missing tokenizer: before the model
         self._model = load_openclip(self.model_name, self.weights_path, self.device, self.precision)
-        self._tokenizer = open_clip.get_tokenizer(self.model_name)
 
     @torch.no_grad()
     def _run_model(self, texts: list[str]) -> torch.Tensor:

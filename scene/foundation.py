@@ -65,6 +65,79 @@ OPENCLIP_FILES: tuple[WeightFile, ...] = (
 DEFAULT_CLIP_MODEL = "ViT-B-16"
 DEFAULT_CLIP_TAG = "laion2b_s34b_b88k"
 
+# image normalisation of the towers (open_clip's pretrained configs): OpenAI CLIP's for the OpenCLIP
+# ViT-B-16 LangSplat uses, 0.5 / 0.5 for SigLIP's WebLI models (open_clip.get_pretrained_cfg(..., "webli"))
+OPENAI_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+SIGLIP_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# files of a Hugging Face tokenizer folder (SigLIP's sentencepiece tokenizer, read by transformers)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model")
+
+
+@dataclass(frozen=True)
+class LanguageModel:
+    """A language (image + text) model of the preprocessing and the query, chosen by ``name``."""
+    name: str                 # --language / manifest settings.clip.family
+    model: str                # open_clip config name
+    tag: str                  # the pretrained tag of its published weights (a label: files are local)
+    folder: str               # sub-folder of the weights folder ("" = the folder itself)
+    source: str               # where to get the files
+    size: str                 # download size, for the README table
+
+
+LANGUAGE_MODELS: dict[str, LanguageModel] = {
+    "openclip": LanguageModel("openclip", DEFAULT_CLIP_MODEL, DEFAULT_CLIP_TAG, "", OPENCLIP_PAGE, "~599 MB"),
+    # SigLIP B/16 at 224 px, 768-D (open_clip's ViT-B-16-SigLIP config); the HF repo holds the open_clip
+    # weights and the tokenizer files side by side, and the whole folder is what is needed
+    "siglip": LanguageModel("siglip", "ViT-B-16-SigLIP", "webli", "ViT-B-16-SigLIP",
+                            "https://huggingface.co/timm/ViT-B-16-SigLIP/tree/main", "~813 MB"),
+}
+
+
+def is_siglip(model_name: str) -> bool:
+    """A SigLIP-trained open_clip config (its sigmoid loss has a logit bias; OpenCLIP's has none)."""
+    import open_clip
+
+    cfg = open_clip.get_model_config(model_name) or {}
+    return "init_logit_bias" in cfg
+
+
+def image_mean_std(model_name: str) -> tuple:
+    """(mean, std) the image tower of ``model_name`` was trained with."""
+    return SIGLIP_MEAN_STD if is_siglip(model_name) else OPENAI_MEAN_STD
+
+
+def model_weights_dir(model_name: str, ckpt_dir=None) -> Path:
+    """Where the files of open_clip model ``model_name`` live: the weights folder for LangSplat's
+    ViT-B-16, ``<weights folder>/<model name>/`` (a snapshot of its Hugging Face repo) for the others."""
+    d = checkpoint_dir(ckpt_dir)
+    return d if model_name == DEFAULT_CLIP_MODEL else d / model_name
+
+
+def load_tokenizer(model_name: str, weights: Union[str, Path]):
+    """open_clip's tokenizer for ``model_name``: its bundled BPE vocabulary, or, for a model with a
+    Hugging Face tokenizer (SigLIP), the tokenizer files in the weights file's folder (never fetched)."""
+    offline_hub()
+    import open_clip
+
+    cfg = open_clip.get_model_config(model_name) or {}
+    text = cfg.get("text_cfg", {})
+    if not text.get("hf_tokenizer_name"):
+        return open_clip.get_tokenizer(model_name)
+    folder = Path(weights).parent
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES[:2]):
+        info = next((m for m in LANGUAGE_MODELS.values() if m.model == model_name), None)
+        where = info.source if info else f"the Hugging Face repo {text['hf_tokenizer_name']}"
+        raise FileNotFoundError(f"{folder}: no tokenizer files for {model_name} ({' / '.join(TOKENIZER_FILES[:2])} "
+                                f"beside the weights; get them from {where}; see ckpts/README.md)")
+    from open_clip.tokenizer import HFTokenizer
+
+    try:
+        return HFTokenizer(str(folder), context_length=text.get("context_length", 77),
+                           **text.get("tokenizer_kwargs", {}))
+    except Exception as e:  # transformers missing, or files it cannot read
+        raise WeightsError(f"{folder}: cannot load the {model_name} tokenizer ({unreadable_weights(e)}); "
+                           f"needs the transformers package (pip install -e '.[preprocess]')") from None
+
 
 class WeightsError(ValueError):
     """A weights file exists but cannot be used (unreadable, or not the named architecture)."""
@@ -110,25 +183,31 @@ def find_sam_checkpoint(model_type: str, ckpt_dir=None, path: Union[str, Path, N
     return p
 
 
-def find_openclip_weights(ckpt_dir=None, path: Union[str, Path, None] = None) -> Path:
-    """The OpenCLIP weights: ``path`` if given (absolute, or relative to ``ckpt_dir`` when it is
-    a bare name found there), else the first of ``OPENCLIP_FILES`` present in ``ckpt_dir``."""
+def find_openclip_weights(ckpt_dir=None, path: Union[str, Path, None] = None,
+                          model: str = DEFAULT_CLIP_MODEL) -> Path:
+    """The open_clip weights of ``model``: ``path`` if given (absolute, or relative to ``ckpt_dir``
+    when it is a bare name found there), else the first of ``OPENCLIP_FILES``' names present in
+    ``model_weights_dir(model, ckpt_dir)``, then in the weights folder itself (the sha256 recorded
+    in a scene's manifest tells a wrong file apart, scene/provenance.py)."""
+    info = next((m for m in LANGUAGE_MODELS.values() if m.model == model), None)
+    page = info.source if info else OPENCLIP_PAGE
     if path is not None:
         p = Path(path)
         d = Path(ckpt_dir if ckpt_dir is not None else default_ckpt_dir())
         if not p.is_file() and not p.is_absolute() and (d / p).is_file():
             p = d / p
         if not p.is_file():
-            raise _missing(p, "OpenCLIP", OPENCLIP_PAGE)
+            raise _missing(p, f"OpenCLIP {model}", page)
         return p
-    d = checkpoint_dir(ckpt_dir)
-    for f in OPENCLIP_FILES:
-        if (d / f.name).is_file():
-            return d / f.name
+    d = model_weights_dir(model, ckpt_dir)
+    for folder in dict.fromkeys([d, checkpoint_dir(ckpt_dir)]):   # then the folder itself, as before
+        for f in OPENCLIP_FILES:
+            if (folder / f.name).is_file():
+                return folder / f.name
     names = " or ".join(f.name for f in OPENCLIP_FILES)
-    raise FileNotFoundError(f"OpenCLIP ViT-B-16 ({DEFAULT_CLIP_TAG}) weights not found: neither "
-                            f"{names} is in {d} (download one from {OPENCLIP_PAGE}; see "
-                            f"ckpts/README.md; nothing is fetched automatically)")
+    what = f"OpenCLIP ViT-B-16 ({DEFAULT_CLIP_TAG})" if model == DEFAULT_CLIP_MODEL else f"open_clip {model}"
+    raise FileNotFoundError(f"{what} weights not found: neither {names} is in {d} (download one from "
+                            f"{page}; see ckpts/README.md; nothing is fetched automatically)")
 
 
 _SHA_CACHE: dict[tuple, str] = {}
@@ -205,8 +284,11 @@ def load_openclip(model_name: str, weights: Union[str, Path], device, precision:
         model = open_clip.create_model(model_name, pretrained=str(weights.resolve()), precision=precision,
                                        device=torch.device(device))
     except Exception as e:  # RuntimeError from load_state_dict, pickle/safetensors errors
+        info = next((m for m in LANGUAGE_MODELS.values() if m.model == model_name), None)
+        want = (f"the {info.model} {info.tag} file from {info.source}" if info else
+                f"{model_name} weights (LangSplat's model: the ViT-B-16 laion2b_s34b_b88k file from {OPENCLIP_PAGE})")
         raise WeightsError(f"{weights}: does not load into OpenCLIP {model_name} ({unreadable_weights(e)} ...); "
-                           f"expected the ViT-B-16 laion2b_s34b_b88k file from {OPENCLIP_PAGE}") from None
+                           f"expected {want}") from None
     return model.eval()
 
 

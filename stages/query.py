@@ -67,7 +67,7 @@ def build_encoder(cfg: Config, run_dir: Path | None = None):
     q = cfg.query
     try:
         resolved = resolve_text_encoder(q.text_encoder, cfg.data.source_path, cfg.instance.features_folder,
-                                        q.text_table)
+                                        q.text_table, model=q.text_model)
         cache = (Path(run_dir) / "queries" / "text_cache.pt"
                  if run_dir is not None and resolved["encoder"] == "openclip" else None)
         return build_resolved_encoder(resolved, cache_path=cache)

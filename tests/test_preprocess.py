@@ -508,3 +508,17 @@ def test_module_entry_point_exit_code(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=prun.Path(prun.__file__).parents[1])
     assert out.returncode == 2
     assert out.stderr == f"error: scene folder not found: {tmp_path / 'none'}\n"
+
+
+def test_masks_to_rle_equals_upstream():
+    from segment_anything.utils.amg import mask_to_rle_pytorch
+
+    from preprocess.sam_levels import masks_to_rle
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(7, 13, 9, generator=g) > 0.5
+    masks[0] = True                                          # all ones: counts start with a 0 run
+    masks[1] = False                                         # all zeros: one run
+    masks[2, :5] = True
+    assert masks_to_rle(masks) == mask_to_rle_pytorch(masks)
+    assert masks_to_rle(masks[:0]) == []

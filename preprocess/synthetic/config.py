@@ -70,11 +70,12 @@ class SceneConfig:
     n_labelled: int = 5             # labelled frames (label JSON + gt masks), spread over the orbit
     label_min_frac: float = 0.002   # an object is labelled in a frame if it covers >= this image fraction
     min_mask_frac: float = 0.0006   # "SAM" masks smaller than this image fraction are dropped
+    text_dim: int = 512             # width of the "CLIP" space (512: OpenCLIP ViT-B-16; 768: SigLIP B/16)
     noise: NoiseKnobs = field(default_factory=NoiseKnobs)
 
     def validate(self) -> None:
         ints = {"n_views": 1, "width": 8, "height": 8, "supersample": 1, "n_objects": 1,
-                "n_points": 0, "n_labelled": 1}
+                "n_points": 0, "n_labelled": 1, "text_dim": 16}
         for k, lo in ints.items():
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
@@ -105,7 +106,10 @@ class SceneConfig:
         self.noise.validate()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["text_dim"] == 512:   # added later: left out at its default, so earlier scenes keep their identity
+            del d["text_dim"]
+        return d
 
 
 _CLEAN = NoiseKnobs(over_seg=0.0, under_seg=0.0, miss=0.0, boundary_jitter=0, clip_noise=0.0,

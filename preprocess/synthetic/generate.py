@@ -188,7 +188,7 @@ def _write_scene(scene_dir: Path, label_dir: Path, name: str, seed: int, cfg: Sc
                  progress: bool, workers: int = 1) -> dict:
     layout, cams = build_scene(seed, cfg)
     names = [o.name for o in layout.objects]
-    encoder = HashTextEncoder(dim=512)
+    encoder = HashTextEncoder(dim=cfg.text_dim)
     HW = cfg.width * cfg.height
     per_view = int(np.ceil(cfg.n_points / cfg.n_views * 1.15)) if cfg.n_points else 0
     for d in (scene_dir / "images", scene_dir / "language_features", label_dir):
