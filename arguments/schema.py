@@ -128,8 +128,10 @@ class MappingConfig:
 
 @dataclass
 class QueryConfig:
-    mode: str = F("collaborative", "collaborative (COS3D) | language_only (threshold the relevancy) | instance_only (one instance from the best seed)",
-                 choices=["collaborative", "language_only", "instance_only"])
+    mode: str = F("collaborative", "collaborative (COS3D) | language_only (threshold the relevancy) | instance_only "
+                                   "(the best of the instance field's clusters by their mean language feature) | "
+                                   "instance_seed (one instance region around the best seed)",
+                 choices=["collaborative", "language_only", "instance_only", "instance_seed"])
     text_encoder: str = F("auto", "auto (the encoder that made the scene's features: manifest.json, synthetic.json, "
                                    "else LangSplat's OpenCLIP ViT-B-16 laion2b) | hash (synthetic scenes) | table "
                                    "(phrase->vector file) | openclip (weights from ckpts/)",
@@ -143,7 +145,8 @@ class QueryConfig:
     seed_opacity: float = F(0.1, "seeds need opacity above this (COS3D: 0.1)")
     multipliers: list[float] = F([0.4, 0.3, 0.2, 0.1], "region thresholds T = 1 - m*d, loosest first (COS3D: 0.4 0.3 0.2 0.1)")
     language_threshold: float = F(0.5, "language_only: keep Gaussians whose rescaled relevancy exceeds this")
-    instance_multiplier: float = F(0.3, "instance_only: region threshold T = 1 - m*d around the best seed")
+    instance_multiplier: float = F(0.3, "instance_only: cluster threshold T = 1 - m*d around each leader; "
+                                        "instance_seed: region threshold around the best seed")
     part_scale: float = F(0.5, "query.py --granularity part / --hierarchy: the accepted regions' thresholds become "
                                "T = 1 - s*m*d with this s < 1 (tighter, inside each region; docs/method.md §5.8)", min=0.0)
     group_scale: float = F(2.0, "query.py --granularity group / --hierarchy: T = 1 - s*m*d around the same seeds with "

@@ -288,8 +288,8 @@ def run(args) -> dict:
     np.random.seed(SEED)
     torch.manual_seed(SEED)
     torch.backends.cudnn.deterministic = True  # LangSplat seed_everything
-    encoder = build_image_encoder(clip_model, clip_w, device, precision, args.clip_batch)  # a bad file: first
     generator = build_mask_generator(args.masks, args, mask_w, device, amg)
+    encoder = build_image_encoder(clip_model, clip_w, device, precision, args.clip_batch)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".*.tmp*"):  # leftovers of a killed run (never renamed, so never valid)

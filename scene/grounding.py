@@ -13,12 +13,17 @@ docs/method.md §5.1-5.4 (official ``Grounding_3D.py``):
   ``"collaborative"``  the refinement above (the paper's method).
   ``"language_only"``  the language branch alone: ``s > language_threshold`` (0.5), i.e. the
                        rescaled relevancy thresholded directly (our reading: docs/deviations.md #20).
-  ``"instance_only"``  our definition of the instance branch alone, with no relevancy acceptance:
-                       the seed is the Gaussian of highest ``s`` among those with opacity
-                       ``> seed_opacity``; the result is the single instance region
-                       ``{j : cos(f_seed, f_j) > 1 - instance_multiplier * d}`` (0.3, the second
-                       of the four refinement thresholds), taken unconditionally. The official
-                       code does not say what the paper's "instance branch only" row ran [U].
+  ``"instance_only"``  the instance branch alone as the peers run it (OpenGaussian / Gaussian
+                       Grouping style): the instance field clustered into objects once
+                       (:func:`instance_clusters`), each cluster given the mean language feature
+                       of its Gaussians, and the cluster most relevant to the query returned
+                       (:func:`best_clusters`; ``stages/query.py`` calls them: they need the
+                       language field, not ``s``).
+  ``"instance_seed"``  the earlier definition: the seed is the Gaussian of highest ``s`` among
+                       those with opacity ``> seed_opacity``; the result is the single instance
+                       region ``{j : cos(f_seed, f_j) > 1 - instance_multiplier * d}`` (0.3, the
+                       second of the four refinement thresholds), taken unconditionally. The
+                       official code does not say what the paper's "instance branch only" row ran [U].
 
 Data formats: scores/opacities are [N] float tensors, features [N,F] float, selections [N] bool;
 everything stays on the device of the inputs.
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 
 CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")   # LERF / LangSplat / COS3D
-MODES = ("collaborative", "language_only", "instance_only")
+MODES = ("collaborative", "language_only", "instance_only", "instance_seed")
 
 
 def _need(cond: bool, msg: str):
@@ -209,6 +214,9 @@ def select(
     if mode == "language_only":
         return score > language_threshold
     if mode == "instance_only":
+        raise ValueError("select: instance_only answers from clusters and the language field: use "
+                         "instance_clusters + best_clusters (stages/query.py select_from_vectors)")
+    if mode == "instance_seed":
         a = opacity.reshape(-1).to(score.device)
         ok = a > seed_opacity
         if not bool(ok.any()):
@@ -217,3 +225,55 @@ def select(
         g = int(torch.argmax(masked))
         return instance_region(feats, g, 1.0 - instance_multiplier * d)  # the seed's own instance
     raise ValueError(f"select: unknown mode {mode!r}; expected one of {MODES}")
+
+
+def instance_clusters(feats: torch.Tensor, opacity: torch.Tensor, d: float, multiplier: float = 0.3,
+                      seed_opacity: float = 0.1) -> torch.Tensor:
+    """long [N]: the instance field's objects, -1 = in none. Leader clustering (docs/method.md §5.4):
+    leaders are taken by decreasing opacity among the unassigned Gaussians with opacity
+    ``> seed_opacity``; a leader's cluster is every unassigned Gaussian j (any opacity) with
+    ``f_leader·f_j > 1 - multiplier · d``, the refinement's threshold at ``multiplier``. Deterministic
+    (stable sort; ties: lower index first); one [N] matvec per cluster."""
+    d = float(d)
+    N = feats.shape[0]
+    device = feats.device
+    labels = torch.full((N,), -1, dtype=torch.long, device=device)
+    if N == 0:
+        return labels
+    f = feats.to(torch.promote_types(feats.dtype, torch.float32))
+    a = opacity.reshape(-1).to(device=device, dtype=f.dtype)
+    lead = torch.nonzero(a > seed_opacity).squeeze(1)
+    order = lead[torch.sort(a[lead], descending=True, stable=True).indices].cpu().numpy()
+    assigned = np.zeros(N, dtype=bool)
+    threshold = 1.0 - float(multiplier) * d
+    k = 0
+    for g in order:
+        if assigned[g]:
+            continue
+        sim = f @ f[g]
+        sim[g] = 1.0
+        members = (sim > threshold) & (labels < 0)
+        labels[members] = k
+        assigned[members.cpu().numpy()] = True
+        k += 1
+    return labels
+
+
+def cluster_features(labels: torch.Tensor, lang: torch.Tensor) -> torch.Tensor:
+    """[K, C]: each cluster's mean language feature (of its Gaussians' rows of ``lang``), unit length."""
+    K = int(labels.max()) + 1 if labels.numel() and int(labels.max()) >= 0 else 0
+    ok = labels >= 0
+    sums = torch.zeros((K, lang.shape[1]), dtype=torch.float32, device=lang.device)
+    sums.index_add_(0, labels[ok], lang[ok].float())
+    return torch.nn.functional.normalize(sums, dim=-1)
+
+
+def best_clusters(labels: torch.Tensor, lang: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                  temperature: float = 10.0) -> list[torch.Tensor]:
+    """Per query of ``pos`` [Q, C]: bool [N], the Gaussians of the cluster whose mean language
+    feature has the highest relevancy to it (against the negatives ``neg``); nothing when no cluster."""
+    cf = cluster_features(labels, lang)
+    if cf.shape[0] == 0:
+        return [torch.zeros_like(labels, dtype=torch.bool) for _ in range(pos.shape[0])]
+    rel = relevancy(cf, pos.to(cf.device), neg.to(cf.device), temperature=temperature)   # [Q, K]
+    return [labels == int(k) for k in rel.argmax(dim=1).tolist()]

@@ -61,9 +61,9 @@ def object_regions(cfg: Config, qm: QueryModel, s: torch.Tensor) -> tuple[torch.
         sel = refine_selection(s, qm.feats, qm.opacity, qm.d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
                                multipliers=tuple(q.multipliers), regions=regions)
         return sel, regions
-    if q.mode == "instance_only":
+    if q.mode == "instance_seed":
         from scene.grounding import select
-        sel = select("instance_only", s, qm.feats, qm.opacity, qm.d, seed_opacity=q.seed_opacity,
+        sel = select("instance_seed", s, qm.feats, qm.opacity, qm.d, seed_opacity=q.seed_opacity,
                      instance_multiplier=q.instance_multiplier)
         ok = qm.opacity.reshape(-1).to(s.device) > q.seed_opacity
         if not bool(ok.any()):
@@ -71,7 +71,7 @@ def object_regions(cfg: Config, qm: QueryModel, s: torch.Tensor) -> tuple[torch.
         g = int(torch.argmax(torch.where(ok, s.float(), torch.full_like(s, -float("inf"), dtype=torch.float32))))
         return sel, [(g, float(q.instance_multiplier), torch.nonzero(sel).squeeze(1))]
     raise ValueError(f"granularity / hierarchy need instance regions: query.mode {q.mode!r} has none "
-                     f"(use collaborative or instance_only)")
+                     f"(use collaborative or instance_seed)")
 
 
 def level_selection(feats: torch.Tensor, d: float, object_sel: torch.Tensor, regions: list,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from arguments import Config
 from scene.errors import StageError
-from scene.grounding import relevancy, rescale, select
+from scene.grounding import best_clusters, instance_clusters, relevancy, rescale, select
 from scene.names import safe_stem
 from scene.provenance import TextEncoderMismatchError, build_resolved_encoder, resolve_text_encoder
 from scene.selections import record_selections
@@ -84,6 +84,17 @@ class QueryModel:
     feats: torch.Tensor      # [N, D] unit instance features
     opacity: torch.Tensor    # [N] activated opacities
     model: dict              # content hashes the selections depend on (index.json "model")
+    clusters: dict = field(default_factory=dict)   # (multiplier, seed_opacity) -> labels [N] (instance_only)
+
+
+def clusters_of(cfg: Config, qm: QueryModel) -> torch.Tensor:
+    """The instance field's clusters for ``query.mode: instance_only`` (scene.grounding.instance_clusters),
+    computed once per query model and setting."""
+    q = cfg.query
+    key = (float(q.instance_multiplier), float(q.seed_opacity))
+    if key not in qm.clusters:
+        qm.clusters[key] = instance_clusters(qm.feats, qm.opacity, qm.d, *key)
+    return qm.clusters[key]
 
 
 def load_query_model(cfg: Config, run_dir: Path, device) -> QueryModel:
@@ -101,14 +112,17 @@ def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: tor
     q = cfg.query
     t_all = time.time()
     rel = relevancy(qm.lang, pos, neg, temperature=q.temperature)  # [Q, N]
+    clustered = (best_clusters(clusters_of(cfg, qm), qm.lang, pos, neg, temperature=q.temperature)
+                 if q.mode == "instance_only" else None)
     t_rel = (time.time() - t_all) / max(pos.shape[0], 1)
     out = []
     for i in range(pos.shape[0]):
         t0 = time.time()
         s = rescale(rel[i])
-        sel = select(q.mode, s, qm.feats, qm.opacity, qm.d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
-                     multipliers=tuple(q.multipliers), language_threshold=q.language_threshold,
-                     instance_multiplier=q.instance_multiplier)
+        sel = clustered[i] if clustered is not None else select(
+            q.mode, s, qm.feats, qm.opacity, qm.d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
+            multipliers=tuple(q.multipliers), language_threshold=q.language_threshold,
+            instance_multiplier=q.instance_multiplier)
         seconds = round(time.time() - t0 + t_rel, 4)
         out.append((sel, seconds, s) if return_scores else (sel, seconds))
     return out

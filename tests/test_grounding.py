@@ -130,18 +130,20 @@ def test_refinement_loosest_first_then_stricter():
     assert np.array_equal(refine_selection(s, f, a, D, multipliers=(0.1,)).numpy(), core)
 
 
-def test_language_only_and_instance_only_on_the_example():
+def test_language_only_and_instance_seed_on_the_example():
     score, feats, alpha, name = _scene()
     lang = select("language_only", score, feats, alpha, D)
     assert np.array_equal(lang.numpy(), score.numpy() > 0.5)  # A's 8 + transparent A + B's 2 + D
     assert lang.sum() == 8 + 1 + 2 + 1
-    # instance_only: seed = best score with α > 0.1 -> an A member (0.9); region cos > 1 - 0.3 d
-    inst = select("instance_only", score, feats, alpha, D)
+    # instance_seed: seed = best score with α > 0.1 -> an A member (0.9); region cos > 1 - 0.3 d
+    inst = select("instance_seed", score, feats, alpha, D)
     assert np.array_equal(inst.numpy(), name == "A")
-    # if B's outliers were the most relevant, instance_only takes all of B, unconditionally
+    # if B's outliers were the most relevant, instance_seed takes all of B, unconditionally
     score_b = score.clone()
     score_b[11] = 0.95
-    assert np.array_equal(select("instance_only", score_b, feats, alpha, D).numpy(), name == "B")
+    assert np.array_equal(select("instance_seed", score_b, feats, alpha, D).numpy(), name == "B")
+    with pytest.raises(ValueError, match="instance_clusters"):   # needs the language field
+        select("instance_only", score, feats, alpha, D)
     with pytest.raises(ValueError, match="unknown mode"):
         select("both", score, feats, alpha, D)
 
@@ -203,3 +205,48 @@ def test_degenerate_inputs():
         refine_selection(score, feats[:-1], alpha, D)
     with pytest.raises(ValueError, match="d "):
         refine_selection(score, feats, alpha, float("nan"))
+
+
+def _leader_clusters_ref(f, a, d, m=0.3, seed_opacity=0.1):
+    """docs/method.md §5.4 in plain numpy: leaders by decreasing opacity (stable), greedy balls."""
+    f, a = np.asarray(f, dtype=np.float64), np.asarray(a, dtype=np.float64)
+    labels = -np.ones(len(f), dtype=int)
+    k = 0
+    for g in sorted(np.flatnonzero(a > seed_opacity), key=lambda i: (-a[i], i)):
+        if labels[g] >= 0:
+            continue
+        sim = f @ f[g]
+        sim[g] = 1.0
+        labels[(sim > 1 - m * d) & (labels < 0)] = k
+        k += 1
+    return labels
+
+
+def test_instance_clusters_and_the_best_cluster():
+    from scene.grounding import best_clusters, cluster_features, instance_clusters
+
+    rng = np.random.default_rng(3)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731  (numpy here)
+    centres = unit(rng.normal(size=(4, 8)))                      # four objects in feature space
+    who = np.repeat(np.arange(4), [6, 5, 4, 3])
+    f = unit(centres[who] + 0.02 * rng.normal(size=(18, 8)))
+    a = rng.uniform(0.2, 0.9, 18)
+    a[2] = 0.05                                                  # too transparent to lead, still clustered
+    d = 0.2
+    labels = instance_clusters(torch.tensor(f, dtype=torch.float32), torch.tensor(a, dtype=torch.float32), d)
+    ref = _leader_clusters_ref(f, a, d)
+    assert np.array_equal(labels.numpy(), ref)
+    # the clusters are the objects (each object one cluster, whatever their numbering)
+    assert all(len(set(ref[who == o])) == 1 for o in range(4)) and len(set(ref)) == 4
+    # language: object o's Gaussians point near text vector t_o, one Gaussian of object 0 is an outlier
+    # that points at t_3: by the cluster MEAN, the query t_3 still picks object 3, not that Gaussian's
+    texts = unit(rng.normal(size=(5, 16)))
+    lang = unit(texts[who] + 0.3 * rng.normal(size=(18, 16)))
+    lang[0] = texts[3]
+    cf = cluster_features(labels, torch.tensor(lang, dtype=torch.float32))
+    want = unit(np.stack([lang[ref == k].sum(0) for k in range(4)]))
+    np.testing.assert_allclose(cf.numpy(), want, atol=1e-6)
+    pos = torch.tensor(texts[[3, 1]], dtype=torch.float32)
+    neg = torch.tensor(texts[4:], dtype=torch.float32)
+    sel3, sel1 = best_clusters(labels, torch.tensor(lang, dtype=torch.float32), pos, neg)
+    assert np.array_equal(sel3.numpy(), who == 3) and np.array_equal(sel1.numpy(), who == 1)

@@ -12,6 +12,7 @@ import torch
 
 import eval_lerf
 import query
+from test_grounding import _leader_clusters_ref
 import render
 from preprocess.synthetic import generate_scene
 from train import main as train_main
@@ -134,7 +135,7 @@ def test_query_modes_are_three_different_selections(pipeline):
     d = float(torch.load(run / "mapping" / "pairs.pt", weights_only=True)["median_distance"])
     negs = [np.asarray(table[n]) for n in ("object", "things", "stuff", "texture")]
     sel = {}
-    for mode in ("language_only", "instance_only", "collaborative"):   # the default last: later tests see it
+    for mode in ("language_only", "instance_seed", "instance_only", "collaborative"):   # the default last
         assert query.main(["-m", str(run), "--set", f"query.mode={mode}"]) == 0
         index = json.loads((run / "queries" / "index.json").read_text())
         assert index["median_distance"] == pytest.approx(d)
@@ -145,7 +146,14 @@ def test_query_modes_are_three_different_selections(pipeline):
         s = _relevancy_ref(lang, np.asarray(table[q]), negs)
         # s computed in float32 by the library: Gaussians within 1e-5 of a threshold may go either way
         sure = np.abs(s - 0.5) > 1e-5
-        lo, co, io = sel["language_only"][q], sel["collaborative"][q], sel["instance_only"][q]
+        lo, co, io = sel["language_only"][q], sel["collaborative"][q], sel["instance_seed"][q]
+        ic = sel["instance_only"][q]                                            # the best cluster by its mean
+        labels = _leader_clusters_ref(f, a, d)
+        means = np.stack([lang[labels == k].sum(0) for k in range(labels.max() + 1)])
+        best = int(np.argmax(_relevancy_ref(means / np.linalg.norm(means, axis=1, keepdims=True),
+                                            np.asarray(table[q]), negs)))
+        ref = labels == best
+        assert ic.any() and (ic & ref).sum() / (ic | ref).sum() > 0.98, q     # float32 vs float64 borders
         assert np.array_equal(lo[sure], (s > 0.5)[sure]), q                      # threshold the relevancy
         inst, g = _instance_only_ref(s, f, a, d)
         sim = f @ f[g]
