@@ -147,6 +147,8 @@ class QueryConfig:
     language_threshold: float = F(0.5, "language_only: keep Gaussians whose rescaled relevancy exceeds this")
     instance_multiplier: float = F(0.3, "instance_only: cluster threshold T = 1 - m*d around each leader; "
                                         "instance_seed: region threshold around the best seed")
+    cluster_min_frac: float = F(0.001, "instance_only: clusters of fewer than this fraction of the Gaussians are not "
+                                       "objects and never returned (docs/method.md §5.4)", min=0.0)
     part_scale: float = F(0.5, "query.py --granularity part / --hierarchy: the accepted regions' thresholds become "
                                "T = 1 - s*m*d with this s < 1 (tighter, inside each region; docs/method.md §5.8)", min=0.0)
     group_scale: float = F(2.0, "query.py --granularity group / --hierarchy: T = 1 - s*m*d around the same seeds with "

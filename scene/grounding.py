@@ -269,11 +269,17 @@ def cluster_features(labels: torch.Tensor, lang: torch.Tensor) -> torch.Tensor:
 
 
 def best_clusters(labels: torch.Tensor, lang: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
-                  temperature: float = 10.0) -> list[torch.Tensor]:
-    """Per query of ``pos`` [Q, C]: bool [N], the Gaussians of the cluster whose mean language
-    feature has the highest relevancy to it (against the negatives ``neg``); nothing when no cluster."""
+                  temperature: float = 10.0, min_size: int = 1) -> list[torch.Tensor]:
+    """Per query of ``pos`` [Q, C]: bool [N], the Gaussians of the cluster of at least ``min_size``
+    Gaussians whose mean language feature has the highest relevancy to it (against the negatives
+    ``neg``); nothing when there is no such cluster. Without the size floor the winner is nearly always
+    a cluster of one or two loosely constrained Gaussians whose single vector happens to point at the
+    query (docs/method.md §5.4)."""
     cf = cluster_features(labels, lang)
-    if cf.shape[0] == 0:
+    sizes = torch.bincount(labels[labels >= 0], minlength=cf.shape[0])
+    ok = sizes >= max(int(min_size), 1)
+    if not bool(ok.any()):
         return [torch.zeros_like(labels, dtype=torch.bool) for _ in range(pos.shape[0])]
     rel = relevancy(cf, pos.to(cf.device), neg.to(cf.device), temperature=temperature)   # [Q, K]
+    rel = torch.where(ok[None, :].to(rel.device), rel, torch.full_like(rel, -1.0))
     return [labels == int(k) for k in rel.argmax(dim=1).tolist()]

@@ -9,6 +9,7 @@ The selection records (``queries/<query>.npy`` + ``queries/index.json``) are rea
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,8 @@ def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: tor
     q = cfg.query
     t_all = time.time()
     rel = relevancy(qm.lang, pos, neg, temperature=q.temperature)  # [Q, N]
-    clustered = (best_clusters(clusters_of(cfg, qm), qm.lang, pos, neg, temperature=q.temperature)
+    clustered = (best_clusters(clusters_of(cfg, qm), qm.lang, pos, neg, temperature=q.temperature,
+                               min_size=math.ceil(q.cluster_min_frac * qm.feats.shape[0]))
                  if q.mode == "instance_only" else None)
     t_rel = (time.time() - t_all) / max(pos.shape[0], 1)
     out = []

@@ -92,6 +92,7 @@ ABLATIONS = {
     "feature_dim_32.yaml": {"instance.feature_dim": 32},
     "instance_3k.yaml": {"instance.iterations": 3000},
     "instance_only.yaml": {"query.mode": "instance_only"},
+    "instance_seed.yaml": {"query.mode": "instance_seed"},
     "language_only.yaml": {"query.mode": "language_only"},
     "mlp_mapping.yaml": {"mapping.kind": "mlp"},
     "no_3d_smoothing.yaml": {"mapping.smooth_k": 1},

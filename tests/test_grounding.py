@@ -250,3 +250,12 @@ def test_instance_clusters_and_the_best_cluster():
     neg = torch.tensor(texts[4:], dtype=torch.float32)
     sel3, sel1 = best_clusters(labels, torch.tensor(lang, dtype=torch.float32), pos, neg)
     assert np.array_equal(sel3.numpy(), who == 3) and np.array_equal(sel1.numpy(), who == 1)
+    # a lone Gaussian far from every object whose vector IS the query wins without a size floor only
+    f2, a2 = np.vstack([f, -centres.sum(0) / np.linalg.norm(centres.sum(0))]), np.append(a, 0.9)
+    lang2 = np.vstack([lang, texts[1]])
+    labels2 = instance_clusters(torch.tensor(f2, dtype=torch.float32), torch.tensor(a2, dtype=torch.float32), d)
+    lone = np.arange(19) == 18
+    assert (labels2.numpy() == labels2.numpy()[18]).sum() == 1
+    args = (labels2, torch.tensor(lang2, dtype=torch.float32), pos[1:], neg)
+    assert np.array_equal(best_clusters(*args)[0].numpy(), lone)
+    assert np.array_equal(best_clusters(*args, min_size=2)[0].numpy(), np.append(who == 1, False))

@@ -1,10 +1,13 @@
 """Knobs of the synthetic scene generator: scene size/cameras (``SceneConfig``) and the noise
 that imitates SAM/CLIP failure modes (``NoiseKnobs``), with the presets ``clean``, ``default``,
-``hard`` and ``large``.
+``hard`` and ``large``. ``hard`` also turns on the failure-mode knobs of real per-mask CLIP
+features (crop context, part semantics, look-alike confusion, shared name words, drifting
+surfaces), which are off in the other presets.
 
 Every probability is drawn independently per view (and per mask) unless
 ``NoiseKnobs.per_view`` is False, in which case the segmentation decisions of an object are
-the same in every view (only the CLIP noise vectors still differ per view).
+the same in every view (only the CLIP noise vectors and the look-alike swaps of
+``similar_confusion``, view-dependent by definition, still differ per view).
 """
 from __future__ import annotations
 
@@ -30,6 +33,22 @@ class NoiseKnobs:
     background_masks: float = 0.7   # P(a background region (table, floor, wall, sky) gets a mask)
     background_misleading: float = 0.10  # P(a background mask gets an object's vector, not a generic one)
     per_view: bool = True           # draw the segmentation decisions independently in every view
+    # Failure modes of real per-mask CLIP features (masks.py / layout.py apply them; each 0 = off,
+    # and left out of the scene identity while off, so scenes made before keep theirs):
+    crop_context: float = 0.0       # LangSplat: CLIP sees the mask's bounding-box crop; a vector leaks
+                                    # towards what else the box covers: unit((1 - a*f_out)*own +
+                                    # a * sum_k c_k * vec_k), c_k = share of the box showing k outside the mask
+    part_name_drop: float = 0.0     # LangSplat / OpenGaussian: small part masks describe the part, not the
+                                    # object: a named part's vector is unit((1 - d)*name + part_weight*part)
+    similar_confusion: float = 0.0  # LERF / COS3D: P(per mask and view) that an object's mask gets the
+                                    # vector of a look-alike scene object (same colour key, or same main
+                                    # primitive at about the same size: masks.look_alikes)
+    shared_names: float = 0.0       # LERF-OVS: P(each further object's name shares a word with an earlier
+                                    # one: "red apple" / "green apple"); 0 = the vocabulary's usual mix
+    shared_word_mix: float = 0.0    # CLIP binds attributes weakly: an object's name vector is pulled
+                                    # towards the words its name shares with other scene objects
+    surface_drift: float = 0.0      # LERF / COS3D: large surfaces (table, floor, wall) drift towards
+                                    # generic phrases: unit((1 - s)*region + s*unit(unit(mean name) + "object"))
 
     def validate(self) -> None:
         for f in fields(self):
@@ -48,6 +67,9 @@ class NoiseKnobs:
                     raise ValueError(f"noise knob {f.name} must be a number in [0, 100], got {v!r}")
             elif not isinstance(v, (int, float)) or isinstance(v, bool) or not (0.0 <= v <= 1.0):
                 raise ValueError(f"noise knob {f.name} is a probability in [0, 1], got {v!r}")
+        if self.part_name_drop == 1.0 and self.part_weight == 0:
+            raise ValueError("noise knob part_name_drop=1 with part_weight=0 leaves part masks without "
+                             "any semantics; lower part_name_drop or raise part_weight")
 
 
 @dataclass(frozen=True)
@@ -109,13 +131,25 @@ class SceneConfig:
         d = asdict(self)
         if d["text_dim"] == 512:   # added later: left out at its default, so earlier scenes keep their identity
             del d["text_dim"]
+        for k in LATER_NOISE_KNOBS:  # the same for the later noise knobs while they are off
+            if d["noise"][k] == 0:
+                del d["noise"][k]
         return d
+
+
+# noise knobs added after generator version 2 (off = 0): recorded in the identity only when on
+LATER_NOISE_KNOBS = ("crop_context", "part_name_drop", "similar_confusion", "shared_names",
+                     "shared_word_mix", "surface_drift")
 
 
 _CLEAN = NoiseKnobs(over_seg=0.0, under_seg=0.0, miss=0.0, boundary_jitter=0, clip_noise=0.0,
                     clip_confusion=0.0, background_masks=1.0, background_misleading=0.0)
+# hard: the failure-mode knobs at plausible, untuned strengths (a third of the crop's context, half
+# the name on parts, one mask in ten confused with a look-alike, half the names sharing a word)
 _HARD = NoiseKnobs(over_seg=0.35, under_seg=0.30, miss=0.15, boundary_jitter=2, clip_noise=1.0,
-                   clip_confusion=0.15, background_masks=0.9, background_misleading=0.30)
+                   clip_confusion=0.15, background_masks=0.9, background_misleading=0.30,
+                   crop_context=0.3, part_name_drop=0.5, similar_confusion=0.1, shared_names=0.5,
+                   shared_word_mix=0.3, surface_drift=0.3)
 
 PRESETS: dict[str, SceneConfig] = {
     "clean": SceneConfig(noise=_CLEAN, point_noise=0.0, outlier_frac=0.0),

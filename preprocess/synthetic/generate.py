@@ -30,6 +30,7 @@ from .points import sample_view_points, write_colmap
 from .render import render_view
 
 STREAM_LAYOUT, STREAM_CAMERAS, STREAM_LABELS, STREAM_POINTS, STREAM_COLMAP = 0x11, 0x22, 0x33, 0x44, 0x55
+STREAM_NAMES = 0x66  # object names when noise.shared_names > 0 (the layout stream is left as it was)
 MANIFEST = "synthetic.json"
 
 
@@ -40,7 +41,8 @@ class SceneExistsError(FileExistsError):
 def build_scene(seed: int, cfg: SceneConfig) -> tuple[SyntheticLayout, list[ViewCamera]]:
     """The layout (objects + background primitives) and the cameras of scene ``seed``."""
     layout = build_layout(np.random.default_rng([int(seed), STREAM_LAYOUT]), cfg.n_objects,
-                          cfg.layout_radius, cfg.touch_prob)
+                          cfg.layout_radius, cfg.touch_prob, cfg.noise.shared_names,
+                          np.random.default_rng([int(seed), STREAM_NAMES]))
     cams = orbit_cameras(np.random.default_rng([int(seed), STREAM_CAMERAS]), cfg.n_views, cfg.width,
                          cfg.height, cfg.fov_deg, cfg.distance, (cfg.elev_min_deg, cfg.elev_max_deg))
     return layout, cams

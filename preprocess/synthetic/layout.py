@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scene.cameras import intrinsics, look_at
+from scene.encoders import tokenize
 
 from .raycast import Primitive
 
@@ -226,6 +227,8 @@ class SceneObject:
     footprint: float               # bounding radius in the table plane
     part_ids: list = field(default_factory=list)   # global part indices of its primitives
     z_range: tuple = (0.0, 0.0)
+    color: str = ""                # COLORS key it was built with ("red", "wood", ...)
+    shape: str = ""                # primitive kind of its largest part ("ellipsoid", "box", ...)
 
 
 @dataclass
@@ -249,11 +252,25 @@ def _footprint(parts) -> float:
     return r
 
 
-def choose_objects(rng: np.random.Generator, n: int) -> list[tuple[str, str, object]]:
+def _entry(k: int, c: str) -> tuple[str, str, object]:
+    pat, _, builder = VOCAB[k]
+    return (pat.format(c) if "{}" in pat else pat, c, builder)
+
+
+def choose_objects(rng: np.random.Generator, n: int, shared_names: float = 0.0,
+                   names_rng: np.random.Generator = None) -> list[tuple[str, str, object]]:
     """n distinct (name, colour key, builder): two colour variants of one shared-word template
-    ("red apple" + "green apple", ...), then one variant per other template, then any left."""
+    ("red apple" + "green apple", ...), then one variant per other template, then any left.
+
+    ``shared_names`` > 0 (LERF-OVS scenes hold several objects whose names share words) replaces
+    this by a draw from ``names_rng``: a first entry uniformly, then each further one, with
+    probability ``shared_names``, uniformly among the entries left whose name shares a word
+    (``scene.encoders.tokenize``) with a name chosen so far (if any), otherwise uniformly among
+    all entries left."""
     if n > vocabulary_size():
         raise ValueError(f"n_objects={n} exceeds the vocabulary size {vocabulary_size()}")
+    if shared_names > 0:
+        return _choose_sharing(names_rng, n, shared_names)
     ti = SHARED_WORD_TEMPLATES[rng.integers(len(SHARED_WORD_TEMPLATES))]
     cols = VOCAB[ti][1]
     picks = [(ti, cols[k]) for k in rng.choice(len(cols), size=2, replace=False)]
@@ -261,20 +278,39 @@ def choose_objects(rng: np.random.Generator, n: int) -> list[tuple[str, str, obj
     picks += [(k, VOCAB[k][1][rng.integers(len(VOCAB[k][1]))]) for k in others]
     leftover = [(k, c) for k in range(len(VOCAB)) for c in VOCAB[k][1] if (k, c) not in picks]
     picks += [leftover[k] for k in rng.permutation(len(leftover))]
-    out = []
-    for k, c in picks[:n]:
-        pat, _, builder = VOCAB[k]
-        out.append((pat.format(c) if "{}" in pat else pat, c, builder))
-    return out
+    return [_entry(k, c) for k, c in picks[:n]]
+
+
+def _choose_sharing(rng: np.random.Generator, n: int, p: float) -> list[tuple[str, str, object]]:
+    entries = [_entry(k, c) for k in range(len(VOCAB)) for c in VOCAB[k][1]]
+    words = [set(tokenize(e[0])) for e in entries]
+    left = list(range(len(entries)))
+    picks, seen = [], set()
+    while len(picks) < n:
+        share = [i for i in left if words[i] & seen]
+        pool = share if share and rng.random() < p else left
+        i = pool[int(rng.integers(len(pool)))]
+        left.remove(i)
+        picks.append(i)
+        seen |= words[i]
+    return [entries[i] for i in picks]
+
+
+def _main_shape(parts) -> str:
+    """Kind of the part with the largest bounding sphere (an object's look-alike rule uses it)."""
+    radius = [Primitive(p.kind, p.params, (0, 0, 0), p.rot).bounding_sphere()[1] for p in parts]
+    return parts[int(np.argmax(radius))].kind
 
 
 def build_layout(rng: np.random.Generator, n_objects: int, layout_radius: float,
-                 touch_prob: float = 0.35) -> SyntheticLayout:
+                 touch_prob: float = 0.35, shared_names: float = 0.0,
+                 names_rng: np.random.Generator = None) -> SyntheticLayout:
     """Places ``n_objects`` objects without overlap inside a disc of ``layout_radius``.
 
     With probability ``touch_prob`` an object is put right next to an already placed one
-    (footprints touching), so that some objects touch or occlude each other."""
-    chosen = choose_objects(rng, n_objects)
+    (footprints touching), so that some objects touch or occlude each other. ``shared_names`` /
+    ``names_rng``: see ``choose_objects``."""
+    chosen = choose_objects(rng, n_objects, shared_names, names_rng)
     built = [(name, b(COLORS[c])) for name, c, b in chosen]
     foot = [_footprint(parts) for _, parts in built]
     order = np.argsort([-f for f in foot], kind="stable")
@@ -306,7 +342,7 @@ def build_layout(rng: np.random.Generator, n_objects: int, layout_radius: float,
         yaw = float(rng.uniform(0, 2 * np.pi))
         Rz = _rz(yaw)
         base = np.array([pos[oi][0], pos[oi][1], TABLE_TOP])
-        obj = SceneObject(name, parts, pos[oi], yaw, f)
+        obj = SceneObject(name, parts, pos[oi], yaw, f, color=chosen[oi][1], shape=_main_shape(parts))
         zs = []
         for p in parts:
             gi = len(words)

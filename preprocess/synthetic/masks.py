@@ -20,15 +20,34 @@ Noise (``config.NoiseKnobs``): level-3 over-segmentation (object -> its s-level 
 under-segmentation (objects touching in the image merged), missed masks, boundary dilation /
 erosion, masks under a minimum area dropped, CLIP noise and confusion, misleading background
 vectors. Masks are painted largest first, so later (smaller) masks overwrite earlier ones.
+
+Failure modes of real per-mask CLIP features (each off at 0; see ``config.NoiseKnobs``), applied
+to the text-side vector before the CLIP noise and the modality gap:
+
+* ``shared_word_mix``: an object's name vector is pulled towards the words its name shares with
+  other scene objects (CLIP binds attributes weakly: a green apple's crop reads as "apple");
+* ``part_name_drop``: a named part's vector keeps only (1 - d) of the object name (LangSplat /
+  OpenGaussian: small masks describe the part); applies to the "parts" decomposition (every s
+  mask, default / over-segmented l masks that split an object into parts), not to m-level groups
+  nor to the top/bottom halves of one-part objects (half an apple still reads as an apple);
+* ``surface_drift``: table / floor / wall masks drift towards generic phrases (LERF / COS3D: large
+  surfaces pick up relevancy for many queries);
+* ``similar_confusion``: per mask and view, a single object's mask gets a look-alike's name vector
+  (``look_alikes``: another scene object of the same colour key, or of the same main primitive
+  kind and about the same size);
+* ``crop_context``: LangSplat embeds the mask's bounding-box crop, so the vector leaks towards what
+  else the box covers (``_crop_mix``). LangSplat blacks out the pixels outside the mask, but the
+  imprecise boundary, the silhouette and the padding still carry context; the knob is the leak
+  strength (1 = an unmasked box crop), not a property of one pipeline.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from scene.encoders import HashTextEncoder
+from scene.encoders import HashTextEncoder, tokenize
 from scene.language_features import LEVEL_INDEX, LEVELS, id_maps
 
 from .config import NoiseKnobs
@@ -46,15 +65,36 @@ class VectorBank:
     word: dict             # part / half word -> [dim]
     region: dict           # region id -> [dim] ("table", "floor", "wall", "sky")
     generic: np.ndarray    # [dim] "object"
+    name_words: list = field(default_factory=list)  # per object: {word: [dim]} of the words its name
+                                                    # shares with another scene object's name
 
     @staticmethod
     def build(layout: SyntheticLayout, encoder: HashTextEncoder) -> "VectorBank":
         words = sorted(set(layout.part_words) | {"top", "bottom"})
         wv = encoder.encode_numpy(words)
         rv = encoder.encode_numpy([REGION_NAMES[r] for r in sorted(REGION_NAMES)])
+        toks = [tokenize(o.name) for o in layout.objects]
+        shared = [sorted({w for w in t if any(w in u for j, u in enumerate(toks) if j != i)})
+                  for i, t in enumerate(toks)]
         return VectorBank(encoder.encode_numpy([o.name for o in layout.objects]),
                           dict(zip(words, wv)), dict(zip(sorted(REGION_NAMES), rv)),
-                          encoder.encode_numpy([GENERIC])[0])
+                          encoder.encode_numpy([GENERIC])[0],
+                          [dict(zip(sh, encoder.encode_numpy(sh))) if sh else {} for sh in shared])
+
+    def seen_names(self, mix: float) -> np.ndarray:
+        """[n_obj, dim] object vectors as an image crop shows them: unit((1 - b) * name + b *
+        unit(sum of the shared words)) for names sharing words (``noise.shared_word_mix`` = b)."""
+        if mix == 0:
+            return self.obj
+        out = self.obj.copy()
+        for o, ws in enumerate(self.name_words):
+            if ws:
+                out[o] = _unit((1 - mix) * self.obj[o] + mix * _unit(sum(ws.values())))
+        return out
+
+    def drift_target(self) -> np.ndarray:
+        """The generic direction large surfaces drift to: unit(unit(mean object name) + "object")."""
+        return _unit(_unit(self.obj.mean(0)) + self.generic)
 
 
 def _unit(v):
@@ -113,6 +153,37 @@ def _jitter(mask: np.ndarray, k: int) -> np.ndarray:
     return op(mask.astype(np.uint8), ker) > 0
 
 
+LOOK_ALIKE_SIZE = 1.5  # footprints within this factor count as "the same size"
+
+
+def look_alikes(layout: SyntheticLayout) -> list[list[int]]:
+    """Per object, the other scene objects that look like it: the same colour key, or the same main
+    primitive kind at about the same size (``SceneObject.color`` / ``.shape`` / ``.footprint``)."""
+    objs = layout.objects
+
+    def alike(a, b):
+        size = max(a.footprint, b.footprint) <= LOOK_ALIKE_SIZE * min(a.footprint, b.footprint)
+        return a.color == b.color or (a.shape == b.shape and size)
+
+    return [[k for k, b in enumerate(objs) if k != o and alike(a, b)] for o, a in enumerate(objs)]
+
+
+def _crop_mix(pix, v, view, names, bank, a):
+    """``crop_context``: unit((1 - a * f_out) * v + a * sum_k c_k * vec_k) over the mask's bounding
+    box, c_k = fraction of the box's pixels that show object / region k outside the mask (the mask's
+    own object counts too: a handle's box shows the mug), f_out = sum_k c_k."""
+    ys, xs = np.flatnonzero(pix.any(1)), np.flatnonzero(pix.any(0))
+    box = (slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    out, obj, reg = ~pix[box], view.obj[box], view.region[box]
+    n = out.size
+    co = np.bincount(obj[out & (obj >= 0)], minlength=len(names)) / n
+    mix = co @ names
+    for r, rv in bank.region.items():
+        mix = mix + (np.count_nonzero(out & (obj < 0) & (reg == r)) / n) * rv
+    f_out = np.count_nonzero(out) / n
+    return _unit((1 - a * f_out) * v + a * mix)
+
+
 class _Decisions:
     """Seeded generators for the segmentation decisions: one stream per (object or pair, level),
     keyed by the view only when ``per_view`` (so decisions are view-consistent otherwise)."""
@@ -136,6 +207,9 @@ def build_language_features(view: ViewRender, layout: SyntheticLayout, bank: Vec
     dim = bank.generic.shape[0]
     dec = _Decisions(seed, view_index, knobs.per_view)
     noise_rng = np.random.default_rng([int(seed), 0x6B, int(view_index)])
+    names = bank.seen_names(knobs.shared_word_mix)      # == bank.obj while shared_word_mix is 0
+    similar = look_alikes(layout) if knobs.similar_confusion > 0 else None
+    drift = bank.drift_target() if knobs.surface_drift > 0 else None
     n_obj = len(layout.objects)
     area = np.bincount(view.obj[view.obj >= 0].ravel(), minlength=n_obj)
     visible = [o for o in range(n_obj) if area[o] >= min_area]
@@ -171,7 +245,7 @@ def build_language_features(view: ViewRender, layout: SyntheticLayout, bank: Vec
                     if len(group) > 1:
                         if o == group[0]:
                             pix = np.isin(view.obj, group)
-                            masks.append((pix, _unit(bank.obj[group].sum(0)), group, (1000 + o, 0)))
+                            masks.append((pix, _unit(names[group].sum(0)), group, (1000 + o, 0)))
                         continue
                     kind = "parts" if r.random() < knobs.over_seg else "whole"
                 elif level == LEVEL_M:
@@ -181,8 +255,11 @@ def build_language_features(view: ViewRender, layout: SyntheticLayout, bank: Vec
                 else:
                     kind = ("whole", "groups", "parts")[r.integers(3)]
                 for k, (pix, words) in enumerate(_pieces(o, kind, view, layout)):
-                    v = bank.obj[o]
+                    v = names[o]
                     if words:
+                        named_part = kind == "parts" and words[0] not in ("top", "bottom")
+                        if knobs.part_name_drop > 0 and named_part:
+                            v = (1 - knobs.part_name_drop) * v
                         v = _unit(v + knobs.part_weight * _unit(sum(bank.word[w] for w in words)))
                     masks.append((pix, v, [o], (o, k)))
             for reg in sorted(REGION_NAMES):
@@ -194,7 +271,9 @@ def build_language_features(view: ViewRender, layout: SyntheticLayout, bank: Vec
                     continue
                 v = bank.region[reg]
                 if visible and r.random() < knobs.background_misleading:
-                    v = bank.obj[visible[r.integers(len(visible))]]
+                    v = names[visible[r.integers(len(visible))]]
+                elif drift is not None and REGION_NAMES[reg] in ("table", "floor", "wall"):
+                    v = _unit((1 - knobs.surface_drift) * v + knobs.surface_drift * drift)
                 masks.append((pix, v, [], (2000 + reg, 0)))
             # per-mask noise: miss, boundary jitter, minimum area, CLIP confusion + noise
             kept = []
@@ -211,9 +290,17 @@ def build_language_features(view: ViewRender, layout: SyntheticLayout, bank: Vec
                 if owners and u_conf < knobs.clip_confusion:
                     nb = sorted({n for o in owners for n in neighbours.get(o, []) if n not in owners})
                     if u_kind < 0.5 and nb:
-                        v = bank.obj[nb[int(u_kind * 2 * len(nb)) % len(nb)]]
+                        v = names[nb[int(u_kind * 2 * len(nb)) % len(nb)]]
                     else:
                         v = bank.generic
+                elif similar is not None and len(owners) == 1 and similar[owners[0]]:
+                    # its own stream, keyed by the view even when not per_view: the swap is view-dependent
+                    sr = np.random.default_rng([int(seed), 0x7C, int(view_index), level, *slot])
+                    if sr.random() < knobs.similar_confusion:
+                        sim = similar[owners[0]]
+                        v = names[sim[int(sr.integers(len(sim)))]]
+                if knobs.crop_context > 0:
+                    v = _crop_mix(pix, v, view, names, bank, knobs.crop_context)
                 kept.append((a, j, pix, v))
             kept.sort(key=lambda x: (-x[0], x[1]))
             for _, _, _, v in kept:
