@@ -25,6 +25,7 @@ VARIANTS = {  # name -> (mapping kind, query mode)
     "collaborative": ("kernel", "collaborative"),
     "language_only": ("kernel", "language_only"),
     "instance_only": ("kernel", "instance_only"),
+    "instance_seed": ("kernel", "instance_seed"),
     "mlp_mapping": ("mlp", "collaborative"),
 }
 
