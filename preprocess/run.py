@@ -1,4 +1,5 @@
-"""LangSplat preprocessing: SAM multi-level masks + OpenCLIP per-mask features for one scene.
+"""LangSplat preprocessing: SAM multi-level masks + OpenCLIP per-mask features for one scene
+(or SAM 2 masks, ``--masks sam2``, and SigLIP features, ``--language siglip``: preprocess/models.py).
 
     python -m preprocess.run -s <scene> [--ckpt_dir ckpts] [--device auto] [--points_per_batch 64] ...
 
