@@ -28,6 +28,7 @@ from pathlib import Path
 
 from arguments.cli import add_run_config_args, load_run_config, run_cli
 from scene.errors import StageError, UserError
+from scene.grounding import MODES
 from scene.runtime import resolve_device, seed_everything
 
 SHOW_LABELS = {"highlight": "highlight", "heat map": "heatmap", "plain": "plain"}
@@ -118,8 +119,7 @@ class Viewer:
         self.progress = gui.add_progress_bar(0.0, animated=True)
         self.text = gui.add_text("Query", "", hint="a text query, e.g. a category of the scene")
         self.search = gui.add_button("Search", hint="run the text query")
-        self.mode = gui.add_dropdown("Mode", ("collaborative", "language_only", "instance_only",
-                                                       "instance_seed"), initial_value=q.mode)
+        self.mode = gui.add_dropdown("Mode", MODES, initial_value=q.mode)
         self.tau = gui.add_slider("τ", min=0.0, max=1.0, step=0.01, initial_value=float(q.score_thresh),
                                   hint="query.score_thresh: seed threshold and region acceptance")
         self.show = gui.add_dropdown("Show", tuple(SHOW_LABELS), initial_value="highlight")
