@@ -118,6 +118,8 @@ def refine_selection(
     seed_opacity: float = 0.1,  # seeds need opacity > 0.1 (COS3D)
     multipliers: Sequence[float] = (0.4, 0.3, 0.2, 0.1),  # T = 1 - m d, tried in this order (loosest first)
     regions: list | None = None,  # if a list: each accepted region is appended as (seed, multiplier, indices)
+    positions: torch.Tensor | None = None,  # [N,3] centres: with link > 0, regions stay spatially connected
+    link: float = 0.0,          # neighbour distance of that connectivity (0: off, the paper's rule)
 ) -> torch.Tensor:
     """COS3D's greedy language-to-instance refinement (docs/method.md §5.3). Returns bool [N].
 
@@ -133,6 +135,11 @@ def refine_selection(
     loosest threshold, and the thresholds evaluated together on the (small) surviving subset, with
     one host sync for the decision. Cost is O(N) per seed tried, so the run time grows with the
     number of seeds (regions) tried, as in the official loop.
+    With ``positions`` and ``link > 0`` (``query.connect_radius``, off by default) every candidate
+    region is cut to the Gaussians connected to the seed through it, two of them neighbours when their
+    centres are at most ``link`` apart (:func:`connected_part`), before its mean relevancy is taken:
+    a region can no longer take in a distant, loosely constrained area whose features happen to be
+    close (docs/method.md §5.3.1; not in the paper).
     Two guards that only matter in degenerate input (``d == 0`` or a zero feature): the seed's
     self-similarity is taken as exactly 1, and the seed is always marked processed, so the loop
     always terminates.
@@ -172,6 +179,10 @@ def refine_selection(
         cand = torch.nonzero(sim > t_loose).squeeze(1)             # [M'] loosest ball around g
         cand = cand[~processed[cand]]                              # [M] superset of every R
         member = sim[cand][None, :] > thresholds[:, None]          # [K,M] R_t for every threshold
+        if positions is not None and link > 0:
+            g_local = int(torch.nonzero(cand == g)[0, 0])
+            for k in range(member.shape[0]):
+                member[k] &= connected_part(positions[cand], member[k], g_local, link)
         sums = (member.to(ftype) @ stats_w[cand]).tolist()        # [K][3] one host sync per seed
         chosen, accept = None, False
         for k, (count, w, ws) in enumerate(sums):
@@ -195,6 +206,40 @@ def refine_selection(
     return selected
 
 
+def connected_part(points: torch.Tensor, mask: torch.Tensor, seed: int, link: float) -> torch.Tensor:
+    """bool [M]: the points of ``mask`` (bool [M]) connected to point ``seed`` through points of
+    ``mask``, two points linked when at most ``link`` apart (scipy cKDTree pairs + connected components).
+    ``seed`` outside ``mask``: nothing."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    out = torch.zeros_like(mask)
+    if not bool(mask[seed]):
+        return out
+    idx = torch.nonzero(mask).squeeze(1)
+    pts = points[idx].detach().double().cpu().numpy()
+    pairs = cKDTree(pts).query_pairs(float(link), output_type="ndarray")
+    n = len(pts)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    local = int(torch.nonzero(idx == seed)[0, 0])
+    keep = torch.from_numpy(comp == comp[local]).to(mask.device)
+    out[idx[keep]] = True
+    return out
+
+
+def median_neighbour_distance(points: torch.Tensor) -> float:
+    """The median distance of a point to its nearest other point (the scale of ``query.connect_radius``)."""
+    from scipy.spatial import cKDTree
+
+    pts = points.detach().double().cpu().numpy()
+    if len(pts) < 2:
+        return 0.0
+    dist, _ = cKDTree(pts).query(pts, k=2)
+    return float(np.median(dist[:, 1]))
+
+
 def select(
     mode: str,
     score: torch.Tensor,       # [N] rescaled relevancy
@@ -206,10 +251,14 @@ def select(
     multipliers: Sequence[float] = (0.4, 0.3, 0.2, 0.1),
     language_threshold: float = 0.5,
     instance_multiplier: float = 0.3,
+    positions: torch.Tensor | None = None,
+    link: float = 0.0,
 ) -> torch.Tensor:
-    """Selection of Gaussians for one query, bool [N]; ``mode`` in :data:`MODES` (module docstring)."""
+    """Selection of Gaussians for one query, bool [N]; ``mode`` in :data:`MODES` (module docstring).
+    ``positions`` / ``link``: the collaborative rule's spatial connectivity (:func:`refine_selection`)."""
     if mode == "collaborative":
-        return refine_selection(score, feats, opacity, d, tau, seed_opacity, multipliers)
+        return refine_selection(score, feats, opacity, d, tau, seed_opacity, multipliers,
+                                positions=positions, link=link)
     d = _check_selection_inputs("select", score, feats, opacity, d)
     if mode == "language_only":
         return score > language_threshold

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from arguments import Config
 from scene.errors import StageError
-from scene.grounding import best_clusters, instance_clusters, relevancy, rescale, select
+from scene.grounding import best_clusters, instance_clusters, median_neighbour_distance, relevancy, rescale, select
 from scene.names import safe_stem
 from scene.provenance import TextEncoderMismatchError, build_resolved_encoder, resolve_text_encoder
 from scene.selections import record_selections
@@ -85,7 +85,17 @@ class QueryModel:
     feats: torch.Tensor      # [N, D] unit instance features
     opacity: torch.Tensor    # [N] activated opacities
     model: dict              # content hashes the selections depend on (index.json "model")
-    clusters: dict = field(default_factory=dict)   # (multiplier, seed_opacity) -> labels [N] (instance_only)
+    clusters: dict = field(default_factory=dict)   # (multiplier, seed_opacity) -> labels [N]; "nn" -> distance
+
+
+def link_of(cfg: Config, qm: QueryModel) -> float:
+    """``query.connect_radius`` x the model's median nearest-neighbour distance (0: off), computed once."""
+    r = float(cfg.query.connect_radius)
+    if r <= 0:
+        return 0.0
+    if "nn" not in qm.clusters:
+        qm.clusters["nn"] = median_neighbour_distance(qm.params["means"])
+    return r * qm.clusters["nn"]
 
 
 def clusters_of(cfg: Config, qm: QueryModel) -> torch.Tensor:
@@ -116,6 +126,7 @@ def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: tor
     clustered = (best_clusters(clusters_of(cfg, qm), qm.lang, pos, neg, temperature=q.temperature,
                                min_size=math.ceil(q.cluster_min_frac * qm.feats.shape[0]))
                  if q.mode == "instance_only" else None)
+    link = link_of(cfg, qm)
     t_rel = (time.time() - t_all) / max(pos.shape[0], 1)
     out = []
     for i in range(pos.shape[0]):
@@ -124,7 +135,7 @@ def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: tor
         sel = clustered[i] if clustered is not None else select(
             q.mode, s, qm.feats, qm.opacity, qm.d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
             multipliers=tuple(q.multipliers), language_threshold=q.language_threshold,
-            instance_multiplier=q.instance_multiplier)
+            instance_multiplier=q.instance_multiplier, positions=qm.params["means"] if link else None, link=link)
         seconds = round(time.time() - t0 + t_rel, 4)
         out.append((sel, seconds, s) if return_scores else (sel, seconds))
     return out

@@ -259,3 +259,30 @@ def test_instance_clusters_and_the_best_cluster():
     args = (labels2, torch.tensor(lang2, dtype=torch.float32), pos[1:], neg)
     assert np.array_equal(best_clusters(*args)[0].numpy(), lone)
     assert np.array_equal(best_clusters(*args, min_size=2)[0].numpy(), np.append(who == 1, False))
+
+
+def test_connected_regions_keep_a_distant_look_alike_out():
+    """An object (20 Gaussians at the origin, relevant) and a distant patch whose instance features are
+    the object's (weakly constrained, barely relevant): the paper's rule takes both (the patch is in the
+    region and the mean relevancy (20*0.9 + 10*0.3) / 30 = 0.7 passes tau); connected growth does not."""
+    from scene.grounding import connected_part, median_neighbour_distance
+
+    rng = np.random.default_rng(5)
+    obj = rng.normal(0, 0.05, (20, 3))
+    patch = rng.normal(0, 0.05, (10, 3)) + [5.0, 0, 0]
+    pos = torch.tensor(np.vstack([obj, patch]), dtype=torch.float32)
+    f = torch.nn.functional.normalize(torch.ones(30, 4) + 0.001 * torch.tensor(rng.normal(size=(30, 4))), dim=-1)
+    s = torch.tensor([0.9] * 20 + [0.3] * 10)
+    a = torch.full((30,), 0.8)
+    is_obj = np.arange(30) < 20
+    assert refine_selection(s, f, a, D).all()                              # the leak
+    nn = median_neighbour_distance(pos)
+    assert 0 < nn < 0.1
+    got = refine_selection(s, f, a, D, positions=pos, link=3 * nn)
+    assert np.array_equal(got.numpy(), is_obj)
+    assert refine_selection(s, f, a, D, positions=pos, link=10.0).all()    # a link spanning the gap: as before
+    # connected_part itself: a chain 0-1-2 and a far point 3
+    pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [9, 0, 0]])
+    m = torch.tensor([True, True, True, True])
+    assert connected_part(pts, m, 0, 1.5).tolist() == [True, True, True, False]
+    assert connected_part(pts, torch.tensor([True, False, True, True]), 0, 1.5).tolist() == [True, False, False, False]
