@@ -138,13 +138,10 @@ class Viewer:
         self.show.on_update(lambda _: self._guard(lambda: None))
         self.export.on_click(lambda _: self._guard(lambda: self.session.export()[1]))
         self.remove.on_click(lambda _: self._guard(lambda: self.session.remove()[1]))
-        self.reset.on_click(lambda _: self._guard(self.session_reset))
+        self.reset.on_click(lambda _: self._guard(lambda: self.session.reset()))
         for modifier, action in CLICK_ACTIONS.items():
             self.server.scene.on_click(modifier=modifier)(
                 lambda event, action=action: self._guard(lambda: self._click(event, action)))
-
-    def session_reset(self) -> str:
-        return self.session.reset()
 
     def _options(self):
         self.session.set_options(mode=self.mode.value, tau=self.tau.value)

@@ -109,10 +109,6 @@ def stream_images(paths: list[Path], resolution: int = -1, workers: int = 2):
             yield q, f.result()
 
 
-def encoder_mean_std(encoder) -> tuple:
-    return tuple(encoder.mean.flatten().tolist()), tuple(encoder.std.flatten().tolist())
-
-
 def read_image(path: Path, resolution: int = -1) -> np.ndarray:
     """RGB uint8 [H, W, 3] as LangSplat reads it (cv2.imread, BGR->RGB, resized by
     ``scene.dataset.target_size_langsplat``)."""
@@ -239,7 +235,8 @@ def run(args) -> dict:
     """Runs the preprocessing described by parsed ``args``; returns a summary dict."""
     from tqdm import tqdm
 
-    from scene.foundation import checkpoint_dir, find_openclip_weights, pick_device, resolve_precision, sha256_file
+    from scene.foundation import (checkpoint_dir, find_openclip_weights, image_mean_std, pick_device,
+                                  resolve_precision, sha256_file)
 
     from .mask_filter import LANGSPLAT_NMS
     from .models import build_image_encoder, build_mask_generator, find_mask_weights, language_model_name
@@ -300,7 +297,7 @@ def run(args) -> dict:
                            "_f.npy": f"float32 [M, {encoder.dim}] L2-normalised {clip_model} image embeddings"},
                 "runtime": {"device": str(device), "points_per_batch": args.points_per_batch,
                             "clip_batch": args.clip_batch, "workers": args.workers,
-                            "image_mean_std": [list(v) for v in encoder_mean_std(encoder)],
+                            "image_mean_std": [list(v) for v in image_mean_std(clip_model)],
                             "versions": _versions()},
                 "images": len(files), "complete": False}
     _write_json(out_dir / "manifest.json", manifest)

@@ -180,9 +180,9 @@ def refine_selection(
         cand = cand[~processed[cand]]                              # [M] superset of every R
         member = sim[cand][None, :] > thresholds[:, None]          # [K,M] R_t for every threshold
         if positions is not None and link > 0:
-            g_local = int(torch.nonzero(cand == g)[0, 0])
+            g_local, cand_pos = int(torch.nonzero(cand == g)[0, 0]), positions[cand]
             for k in range(member.shape[0]):
-                member[k] &= connected_part(positions[cand], member[k], g_local, link)
+                member[k] &= connected_part(cand_pos, member[k], g_local, link)
         sums = (member.to(ftype) @ stats_w[cand]).tolist()        # [K][3] one host sync per seed
         chosen, accept = None, False
         for k, (count, w, ws) in enumerate(sums):
@@ -289,8 +289,7 @@ def instance_clusters(feats: torch.Tensor, opacity: torch.Tensor, d: float, mult
     labels = torch.full((N,), -1, dtype=torch.long, device=device)
     if N == 0:
         return labels
-    f = feats.to(torch.promote_types(feats.dtype, torch.float32))
-    a = opacity.reshape(-1).to(device=device, dtype=f.dtype)
+    a = opacity.reshape(-1).to(device=device, dtype=torch.promote_types(feats.dtype, torch.float32))
     lead = torch.nonzero(a > seed_opacity).squeeze(1)
     order = lead[torch.sort(a[lead], descending=True, stable=True).indices].cpu().numpy()
     assigned = np.zeros(N, dtype=bool)
@@ -299,9 +298,7 @@ def instance_clusters(feats: torch.Tensor, opacity: torch.Tensor, d: float, mult
     for g in order:
         if assigned[g]:
             continue
-        sim = f @ f[g]
-        sim[g] = 1.0
-        members = (sim > threshold) & (labels < 0)
+        members = instance_region(feats, int(g), threshold) & (labels < 0)
         labels[members] = k
         assigned[members.cpu().numpy()] = True
         k += 1

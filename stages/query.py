@@ -85,7 +85,8 @@ class QueryModel:
     feats: torch.Tensor      # [N, D] unit instance features
     opacity: torch.Tensor    # [N] activated opacities
     model: dict              # content hashes the selections depend on (index.json "model")
-    clusters: dict = field(default_factory=dict)   # (multiplier, seed_opacity) -> labels [N]; "nn" -> distance
+    cache: dict = field(default_factory=dict)   # derived once: (multiplier, seed_opacity) -> cluster labels [N],
+                                                # "nn" -> median nearest-neighbour distance
 
 
 def link_of(cfg: Config, qm: QueryModel) -> float:
@@ -93,9 +94,9 @@ def link_of(cfg: Config, qm: QueryModel) -> float:
     r = float(cfg.query.connect_radius)
     if r <= 0:
         return 0.0
-    if "nn" not in qm.clusters:
-        qm.clusters["nn"] = median_neighbour_distance(qm.params["means"])
-    return r * qm.clusters["nn"]
+    if "nn" not in qm.cache:
+        qm.cache["nn"] = median_neighbour_distance(qm.params["means"])
+    return r * qm.cache["nn"]
 
 
 def clusters_of(cfg: Config, qm: QueryModel) -> torch.Tensor:
@@ -103,9 +104,9 @@ def clusters_of(cfg: Config, qm: QueryModel) -> torch.Tensor:
     computed once per query model and setting."""
     q = cfg.query
     key = (float(q.instance_multiplier), float(q.seed_opacity))
-    if key not in qm.clusters:
-        qm.clusters[key] = instance_clusters(qm.feats, qm.opacity, qm.d, *key)
-    return qm.clusters[key]
+    if key not in qm.cache:
+        qm.cache[key] = instance_clusters(qm.feats, qm.opacity, qm.d, *key)
+    return qm.cache[key]
 
 
 def load_query_model(cfg: Config, run_dir: Path, device) -> QueryModel:

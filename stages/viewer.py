@@ -148,7 +148,6 @@ class ViewerSession:
         query = (query or "").strip()
         if not query:
             raise StageError("type a query first (e.g. a category of the scene)")
-        safe_stem(query)
         with self._lock:
             t0 = time.time()
             (sel, _, score), = select_texts(self.cfg, self._shown, self.encoder, [query], return_scores=True)
