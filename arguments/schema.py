@@ -150,6 +150,9 @@ class QueryConfig:
     connect_radius: float = F(0.0, "collaborative: 0 = the paper's rule; r > 0 = a region grows only over Gaussians "
                                    "connected to its seed, neighbours within r x the median nearest-neighbour "
                                    "distance (arguments/cos3d_plus.yaml; docs/method.md §5.3.1)", min=0.0)
+    mask_coverage_min: float = F(0.0, "collaborative: 0 = the paper's rule; c > 0 = seeds and regions use only Gaussians "
+                                      "whose image footprint SAM masks covered at least this fraction of (stages/coverage.py; "
+                                      "arguments/cos3d_plus.yaml; docs/method.md §5.3.2)", min=0.0)
     cluster_min_frac: float = F(0.001, "instance_only: clusters of fewer than this fraction of the Gaussians are not "
                                        "objects and never returned (docs/method.md §5.4)", min=0.0)
     part_scale: float = F(0.5, "query.py --granularity part / --hierarchy: the accepted regions' thresholds become "

@@ -120,6 +120,7 @@ def refine_selection(
     regions: list | None = None,  # if a list: each accepted region is appended as (seed, multiplier, indices)
     positions: torch.Tensor | None = None,  # [N,3] centres: with link > 0, regions stay spatially connected
     link: float = 0.0,          # neighbour distance of that connectivity (0: off, the paper's rule)
+    allowed: torch.Tensor | None = None,  # bool [N]: the Gaussians seeds and regions may use (None: all)
 ) -> torch.Tensor:
     """COS3D's greedy language-to-instance refinement (docs/method.md §5.3). Returns bool [N].
 
@@ -140,6 +141,9 @@ def refine_selection(
     centres are at most ``link`` apart (:func:`connected_part`), before its mean relevancy is taken:
     a region can no longer take in a distant, loosely constrained area whose features happen to be
     close (docs/method.md §5.3.1; not in the paper).
+    With ``allowed`` (``query.mask_coverage_min``, off by default) seeds come only from the allowed
+    Gaussians and every candidate region is cut to them before the connectivity and the mean relevancy
+    are taken (docs/method.md §5.3.2; not in the paper).
     Two guards that only matter in degenerate input (``d == 0`` or a zero feature): the seed's
     self-similarity is taken as exactly 1, and the seed is always marked processed, so the loop
     always terminates.
@@ -158,7 +162,13 @@ def refine_selection(
     thresholds = torch.tensor([1.0 - m * d for m in multipliers], dtype=ftype, device=device)  # [K]
     t_loose = float(thresholds.min())
 
-    eligible = torch.nonzero((s > tau) & (a > seed_opacity)).squeeze(1)      # [E]
+    ok = (s > tau) & (a > seed_opacity)
+    if allowed is not None:
+        _need(allowed.shape == (N,) and allowed.dtype == torch.bool,
+              f"refine_selection: allowed must be a bool [N={N}] tensor, got {tuple(allowed.shape)} {allowed.dtype}")
+        allowed = allowed.to(device)
+        ok &= allowed
+    eligible = torch.nonzero(ok).squeeze(1)                        # [E]
     if eligible.numel() == 0:
         return selected
     order = eligible[torch.sort(s[eligible], descending=True, stable=True).indices]
@@ -178,6 +188,8 @@ def refine_selection(
         sim[g] = 1.0                                               # exact self-similarity
         cand = torch.nonzero(sim > t_loose).squeeze(1)             # [M'] loosest ball around g
         cand = cand[~processed[cand]]                              # [M] superset of every R
+        if allowed is not None:
+            cand = cand[allowed[cand]]
         member = sim[cand][None, :] > thresholds[:, None]          # [K,M] R_t for every threshold
         if positions is not None and link > 0:
             g_local, cand_pos = int(torch.nonzero(cand == g)[0, 0]), positions[cand]
@@ -253,12 +265,14 @@ def select(
     instance_multiplier: float = 0.3,
     positions: torch.Tensor | None = None,
     link: float = 0.0,
+    allowed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Selection of Gaussians for one query, bool [N]; ``mode`` in :data:`MODES` (module docstring).
-    ``positions`` / ``link``: the collaborative rule's spatial connectivity (:func:`refine_selection`)."""
+    ``positions`` / ``link`` / ``allowed``: the collaborative rule's spatial connectivity and the
+    Gaussians it may use (:func:`refine_selection`)."""
     if mode == "collaborative":
         return refine_selection(score, feats, opacity, d, tau, seed_opacity, multipliers,
-                                positions=positions, link=link)
+                                positions=positions, link=link, allowed=allowed)
     d = _check_selection_inputs("select", score, feats, opacity, d)
     if mode == "language_only":
         return score > language_threshold

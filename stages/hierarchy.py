@@ -27,7 +27,7 @@ from scene.grounding import instance_region, refine_selection, relevancy, rescal
 from scene.names import safe_stem
 from scene.selections import queries_dir, record_selections
 
-from .query import QueryModel, build_encoder, link_of, load_query_model
+from .query import QueryModel, allowed_of, build_encoder, link_of, load_query_model
 
 GRANULARITIES = ("part", "object", "group")   # finest first
 
@@ -61,7 +61,8 @@ def object_regions(cfg: Config, qm: QueryModel, s: torch.Tensor) -> tuple[torch.
         link = link_of(cfg, qm)
         sel = refine_selection(s, qm.feats, qm.opacity, qm.d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
                                multipliers=tuple(q.multipliers), regions=regions,
-                               positions=qm.params["means"] if link else None, link=link)
+                               positions=qm.params["means"] if link else None, link=link,
+                               allowed=allowed_of(cfg, qm))
         return sel, regions
     if q.mode == "instance_seed":
         from scene.grounding import select

@@ -86,7 +86,8 @@ class QueryModel:
     opacity: torch.Tensor    # [N] activated opacities
     model: dict              # content hashes the selections depend on (index.json "model")
     cache: dict = field(default_factory=dict)   # derived once: (multiplier, seed_opacity) -> cluster labels [N],
-                                                # "nn" -> median nearest-neighbour distance
+                                                # "nn" -> median nearest-neighbour distance, "coverage" -> [N]
+    run_dir: Path | None = None  # where the model came from (the mask-coverage cache lives there)
 
 
 def link_of(cfg: Config, qm: QueryModel) -> float:
@@ -97,6 +98,23 @@ def link_of(cfg: Config, qm: QueryModel) -> float:
     if "nn" not in qm.cache:
         qm.cache["nn"] = median_neighbour_distance(qm.params["means"])
     return r * qm.cache["nn"]
+
+
+def allowed_of(cfg: Config, qm: QueryModel) -> torch.Tensor | None:
+    """``query.mask_coverage_min`` > 0: bool [N], the Gaussians whose mask coverage reaches it
+    (stages/coverage.py, computed once per query model); 0: None (every Gaussian, the paper's rule)."""
+    c = float(cfg.query.mask_coverage_min)
+    if c <= 0:
+        return None
+    if c > 1:
+        raise StageError(f"query.mask_coverage_min is a fraction in [0, 1], got {c}")
+    if "coverage" not in qm.cache:
+        from .coverage import mask_coverage
+
+        if qm.run_dir is None:
+            raise StageError("query.mask_coverage_min needs the run directory of the query model")
+        qm.cache["coverage"] = mask_coverage(cfg, qm.run_dir, qm.params, qm.model.get("instance/point_cloud.ply", ""))
+    return qm.cache["coverage"].to(qm.feats.device) >= c
 
 
 def clusters_of(cfg: Config, qm: QueryModel) -> torch.Tensor:
@@ -113,7 +131,7 @@ def load_query_model(cfg: Config, run_dir: Path, device) -> QueryModel:
     params = load_instance_model(run_dir, device)
     lang, d = load_language_field(cfg, run_dir, params)
     return QueryModel(params, lang, d, F.normalize(params["ins_feat"], dim=-1), torch.sigmoid(params["opacities"]),
-                      model_id(run_dir))
+                      model_id(run_dir), run_dir=Path(run_dir))
 
 
 def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: torch.Tensor,
@@ -128,6 +146,7 @@ def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: tor
                                min_size=math.ceil(q.cluster_min_frac * qm.feats.shape[0]))
                  if q.mode == "instance_only" else None)
     link = link_of(cfg, qm)
+    allowed = allowed_of(cfg, qm) if q.mode == "collaborative" else None
     t_rel = (time.time() - t_all) / max(pos.shape[0], 1)
     out = []
     for i in range(pos.shape[0]):
@@ -136,7 +155,8 @@ def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: tor
         sel = clustered[i] if clustered is not None else select(
             q.mode, s, qm.feats, qm.opacity, qm.d, tau=q.score_thresh, seed_opacity=q.seed_opacity,
             multipliers=tuple(q.multipliers), language_threshold=q.language_threshold,
-            instance_multiplier=q.instance_multiplier, positions=qm.params["means"] if link else None, link=link)
+            instance_multiplier=q.instance_multiplier, positions=qm.params["means"] if link else None, link=link,
+            allowed=allowed)
         seconds = round(time.time() - t0 + t_rel, 4)
         out.append((sel, seconds, s) if return_scores else (sel, seconds))
     return out
