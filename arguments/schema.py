@@ -150,6 +150,8 @@ class QueryConfig:
     connect_radius: float = F(0.0, "collaborative: 0 = the paper's rule; r > 0 = a region grows only over Gaussians "
                                    "connected to its seed, neighbours within r x the median nearest-neighbour "
                                    "distance (arguments/cos3d_plus.yaml; docs/method.md §5.3.1)", min=0.0)
+    contrast_queries: bool = F(False, "false = the paper's relevancy; true = each query's negatives also hold the other "
+                                      "queries asked with it (query.py's list, the labelled categories; docs/method.md §5.1.1)")
     mask_coverage_min: float = F(0.0, "collaborative: 0 = the paper's rule; c > 0 = seeds and regions use only Gaussians "
                                       "whose image footprint SAM masks covered at least this fraction of (stages/coverage.py; "
                                       "arguments/cos3d_plus.yaml; docs/method.md §5.3.2)", min=0.0)

@@ -6,9 +6,9 @@
 Every point is the ``default`` preset with one knob of ``preprocess/synthetic/config.py``
 (``NoiseKnobs``: crop_context, part_name_drop, similar_confusion, shared_word_mix, surface_drift,
 shared_names) set to a strength; strength 0 is the default preset itself. Per point: generate the
-scene, train (arguments/synthetic_cpu.yaml), query + render + evaluate (LERF-OVS protocol) five
-variants: collaborative, language_only, instance_only (the clustered rule), the MLP mapping, and
-cos3d_plus (arguments/cos3d_plus.yaml).
+scene, train (arguments/synthetic_cpu.yaml), query + render + evaluate (LERF-OVS protocol) six
+variants: collaborative, language_only, instance_only (the clustered rule), the MLP mapping,
+cos3d_plus (arguments/cos3d_plus.yaml) and the paper's rule with ``query.contrast_queries``.
 
 Reuse: the language knobs change only the per-mask vectors (``_f.npy``), never the images, the
 COLMAP model or the masks, so a point's run links the rgb and instance stages of its seed's
@@ -17,7 +17,8 @@ before linking (and the run directory's fingerprints check the COLMAP model agai
 ``shared_names`` renames objects, which changes their colours, so its points train everything.
 
 Writes ``<out>/results.csv`` (one row per seed x knob x strength x variant, appended as points
-finish: an interrupted sweep continues where it stopped), ``<out>/units/<point>/<variant>.json``
+finish: an interrupted sweep continues where it stopped, a variant added later is evaluated on the
+trained runs, ``--redo`` evaluates variants again), ``<out>/units/<point>/<variant>.json``
 (per-frame IoUs), and the plot (mIoU mean +- std over seeds against each knob's strength).
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ VARIANTS = {  # name -> (mapping kind, query arguments)
     "instance_only": ("kernel", ["--set", "query.mode=instance_only"]),
     "mlp_mapping": ("mlp", []),
     "cos3d_plus": ("kernel", ["-c", str(REPO / "arguments" / "cos3d_plus.yaml")]),
+    "contrast": ("kernel", ["--set", "query.contrast_queries=true"]),
 }
 FIELDS = ["seed", "knob", "strength", "variant", "mIoU", "Acc@0.25", "units", "seconds"]
 QUIET = ["--set", "run.progress=false"]
@@ -105,13 +107,14 @@ def train(data: Path, scene: str, runs: Path, argfile: str, base: str | None) ->
     return times
 
 
-def evaluate_variants(data: Path, scene: str, runs: Path, out: Path) -> dict:
+def evaluate_variants(data: Path, scene: str, runs: Path, out: Path, variants) -> dict:
     from eval_lerf import main as eval_main
     from query import main as query_main
     from render import main as render_main
 
     res = {}
-    for variant, (kind, args) in VARIANTS.items():
+    for variant in variants:
+        kind, args = VARIANTS[variant]
         run = runs / kind / scene
         t0 = time.time()
         call(query_main, ["-m", run, *args, *QUIET])
@@ -134,6 +137,15 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
 def append_rows(path: Path, rows: list[dict]) -> None:
     new = not path.is_file()
     with open(path, "a", newline="", encoding="utf-8") as fh:
@@ -149,7 +161,13 @@ def sweep(a) -> None:
     out = Path(a.out).resolve()  # stage links must resolve from any working directory
     data, runs, csv_path = out / "data", out / "runs", out / "results.csv"
     out.mkdir(parents=True, exist_ok=True)
-    done = {(r["seed"], r["knob"], r["strength"]) for r in read_rows(csv_path)}
+    rows = read_rows(csv_path)
+    if a.redo:  # results of these variants are dropped (e.g. after a change to cos3d_plus.yaml)
+        rows = [r for r in rows if r["variant"] not in a.redo]
+        write_rows(csv_path, rows)
+    done: dict = {}
+    for r in rows:
+        done.setdefault((r["seed"], r["knob"], r["strength"]), set()).add(r["variant"])
     points = [("none", 0.0)] + [(k, s) for k in a.knobs for s in STRENGTHS[k]]
     t_start = time.time()
     for seed in a.seeds:
@@ -157,7 +175,8 @@ def sweep(a) -> None:
         base_hash = None
         for i, (knob, strength) in enumerate(points):
             scene = base if knob == "none" else f"s{seed}_{knob}_{strength:g}"
-            if (str(seed), knob, f"{strength:g}") in done:
+            todo = [v for v in VARIANTS if v not in done.get((str(seed), knob, f"{strength:g}"), set())]
+            if not todo:
                 continue
             t0 = time.time()
             generate_scene(data, scene, seed, "default", overrides={} if knob == "none" else {knob: strength},
@@ -170,8 +189,8 @@ def sweep(a) -> None:
                              f"knob {knob} cannot reuse the strength-0 stages (add it to RETRAIN)")
             if reuse and not (runs / "kernel" / base / "instance" / "done.json").is_file():
                 sys.exit(f"{runs / 'kernel' / base}: the strength-0 run is missing; sweep the point 'none' first")
-            times = train(data, scene, runs, a.argfile, base if reuse else None)
-            res = evaluate_variants(data, scene, runs, out)
+            times = train(data, scene, runs, a.argfile, base if reuse else None)  # finished stages are skipped
+            res = evaluate_variants(data, scene, runs, out, todo)
             append_rows(csv_path, [{"seed": seed, "knob": knob, "strength": f"{strength:g}", "variant": v,
                                     "mIoU": f"{r['mIoU']:.3f}", "Acc@0.25": f"{r['Acc@0.25']:.3f}",
                                     "units": r["units"], "seconds": r["seconds"]} for v, r in res.items()])
@@ -245,6 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="processes rendering each generated scene (default 2)")
     p.add_argument("--plot", default=None, help="plot file (default <out>/noise_sweep.png)")
     p.add_argument("--plot-only", action="store_true", help="only plot and tabulate <out>/results.csv")
+    p.add_argument("--redo", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
+                   help="drop these variants' results and evaluate them again (trained stages are kept)")
     a = p.parse_args(argv)
     if not a.plot_only:
         sweep(a)

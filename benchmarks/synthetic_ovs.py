@@ -4,10 +4,11 @@
 
 For every seed: generate the scene; then, --repeats times, train rgb -> instance -> mapping
 (arguments/synthetic_cpu.yaml) into a fresh run and query + render + evaluate with the collaborative
-inference, language-only, instance-only, and with the MLP mapping (its own mapping stage, sharing
-rgb/instance). Prints mIoU / mAcc@0.25 per run, per variant: the mean +- std over all runs, the
-seed-to-seed std (of the per-seed means) and the repeat std (same seed, same command; 0 when the
-runs are bit-identical), plus stage timings; writes results.json.
+inference, language-only, instance-only (clustered, and the earlier single-seed rule), with the MLP
+mapping (its own mapping stage, sharing rgb/instance) and cos3d_plus (arguments/cos3d_plus.yaml).
+Prints mIoU / mAcc@0.25 per run, per variant: the mean +- std over all runs, the seed-to-seed std (of
+the per-seed means) and the repeat std (same seed, same command; 0 when the runs are bit-identical),
+plus stage timings; writes results.json (per-frame IoUs: <out>/eval/<variant>/<scene>/metrics.json).
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = {  # name -> (mapping kind, query mode)
-    "collaborative": ("kernel", "collaborative"),
-    "language_only": ("kernel", "language_only"),
-    "instance_only": ("kernel", "instance_only"),
-    "instance_seed": ("kernel", "instance_seed"),
-    "mlp_mapping": ("mlp", "collaborative"),
+VARIANTS = {  # name -> (mapping kind, query.py arguments)
+    "collaborative": ("kernel", []),
+    "language_only": ("kernel", ["--set", "query.mode=language_only"]),
+    "instance_only": ("kernel", ["--set", "query.mode=instance_only"]),
+    "instance_seed": ("kernel", ["--set", "query.mode=instance_seed"]),
+    "mlp_mapping": ("mlp", []),
+    "cos3d_plus": ("kernel", ["-c", str(REPO / "arguments" / "cos3d_plus.yaml")]),
 }
 
 
@@ -77,10 +79,10 @@ def run_once(a, out: Path, data: Path, name: str, rep: int, env, quiet) -> dict:
     times["mapping_mlp"] = round(sh("train.py", "--stage", "mapping", "-s", data / name, "-m", mlp, "-c", a.argfile,
                                     "--set", "mapping.kind=mlp", *quiet, env=env), 1)
     scene_res = {"seconds": times}
-    for variant, (kind, mode) in VARIANTS.items():
+    for variant, (kind, args) in VARIANTS.items():
         run = base if kind == "kernel" else mlp
         t0 = time.time()
-        sh("query.py", "-m", run, "--set", f"query.mode={mode}", *quiet, env=env)
+        sh("query.py", "-m", run, *args, *quiet, env=env)
         sh("render.py", "-m", run, *quiet, env=env)
         ev_out = out / "eval" / variant / name
         sh("eval_lerf.py", "--scenes", name, "--label_root", data / "label", "--runs_root", run.parent,

@@ -50,12 +50,16 @@ def relevancy(
     neg: torch.Tensor,         # [Nn,C] canonical-negative embeddings (unit length)
     temperature: float = 10.0,  # LERF: softmax of 10 * cosine
     chunk_size: int = 262144,
+    contrast: bool = False,     # each query's negatives also hold the other queries (query.contrast_queries)
 ) -> torch.Tensor:
     """LERF relevancy ``[Q,N]`` in (0,1), computed in chunks of ``chunk_size`` Gaussians.
 
     The pairwise softmax ``exp(a)/(exp(a)+exp(b))`` is evaluated as ``sigmoid(a - b)`` and, as the
     sigmoid is increasing, the min over negatives as ``sigmoid(T (l·t_q - max_n l·t_n))``:
     identical values, no overflow for any temperature. Half-precision inputs are computed in float32.
+    ``contrast``: query q's negatives are the canonical ones and every other query ``t_j, j != q``
+    (docs/method.md §5.1.1; not in the paper): a Gaussian closer to another queried object than to q
+    (a red apple's, for "green apple") loses its relevancy to q.
     """
     for name, t in (("lang", lang), ("pos", pos), ("neg", neg)):
         _need(isinstance(t, torch.Tensor) and t.ndim == 2, f"relevancy: {name} must be a 2-D tensor")
@@ -72,6 +76,11 @@ def relevancy(
         chunk = lang[a:a + chunk_size].to(dtype)              # [n,C]
         sim_pos = chunk @ pos_t                                 # [n,Q]
         sim_neg = (chunk @ neg_t).amax(dim=1, keepdim=True)     # [n,1] hardest negative
+        if contrast and pos.shape[0] > 1:                       # hardest other query, per query
+            top = sim_pos.topk(2, dim=1)                            # [n,2] values / indices
+            first = top.indices[:, :1] == torch.arange(pos.shape[0], device=lang.device)[None, :]  # [n,Q]
+            other = torch.where(first, top.values[:, 1:2], top.values[:, :1])                  # [n,Q]
+            sim_neg = torch.maximum(sim_neg, other)
         out[:, a:a + chunk_size] = torch.sigmoid(temperature * (sim_pos - sim_neg)).T
     return out
 

@@ -141,7 +141,7 @@ def select_from_vectors(cfg: Config, qm: QueryModel, pos: torch.Tensor, neg: tor
     tuple also holds the rescaled relevancy [N] the selection was made from (the viewer's heat map)."""
     q = cfg.query
     t_all = time.time()
-    rel = relevancy(qm.lang, pos, neg, temperature=q.temperature)  # [Q, N]
+    rel = relevancy(qm.lang, pos, neg, temperature=q.temperature, contrast=q.contrast_queries)  # [Q, N]
     clustered = (best_clusters(clusters_of(cfg, qm), qm.lang, pos, neg, temperature=q.temperature,
                                min_size=math.ceil(q.cluster_min_frac * qm.feats.shape[0]))
                  if q.mode == "instance_only" else None)

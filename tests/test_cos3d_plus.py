@@ -1,18 +1,24 @@
-"""Mask coverage (stages/coverage.py) and the collaborative rule's ``allowed`` Gaussians
-(scene.grounding.refine_selection, ``query.mask_coverage_min``).
+"""The rules of arguments/cos3d_plus.yaml beyond the connectivity (tests/test_grounding.py has that):
+mask coverage (stages/coverage.py) with the collaborative rule's ``allowed`` Gaussians
+(scene.grounding.refine_selection, ``query.mask_coverage_min``), and the relevancy contrasted
+against the other queries (``query.contrast_queries``).
 
 * the per-Gaussian (masked, total) footprint weights from one backward pass equal the sums of every
   Gaussian's own weight map, rendered forward with identity features (one channel per Gaussian);
 * coverage = masked / total, 0 for a Gaussian never drawn;
 * on a hand-built instance field, a disallowed Gaussian is neither a seed nor in a region, and an
-  all-true ``allowed`` is the paper's rule.
+  all-true ``allowed`` is the paper's rule;
+* contrast: the relevancy equals the LERF formula's minimum, evaluated pair by pair, over the
+  canonical negatives and the other queries.
 """
+import math
+
 import pytest
 import torch
 
 from gaussian_renderer import render
 from scene.cameras import Camera, intrinsics, look_at
-from scene.grounding import refine_selection
+from scene.grounding import refine_selection, relevancy
 from stages.coverage import coverage_from_weights, footprint_weights
 
 
@@ -89,3 +95,19 @@ def test_refine_selection_allowed():
     assert [r[0] for r in regions] == [1]
     with pytest.raises(ValueError, match="allowed must be a bool"):
         refine_selection(score, feats, opacity, d=1.0, allowed=torch.ones(5, dtype=torch.bool))
+
+
+def test_contrast_relevancy_is_the_pairwise_minimum_over_other_queries():
+    g = torch.Generator().manual_seed(5)
+    unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+    lang, pos, neg = unit(torch.randn(50, 8, generator=g)), unit(torch.randn(4, 8, generator=g)), unit(torch.randn(3, 8, generator=g))
+    got = relevancy(lang, pos, neg, contrast=True, chunk_size=16)
+    plain = relevancy(lang, pos, neg)
+    for q in range(4):
+        others = [neg[k] for k in range(3)] + [pos[j] for j in range(4) if j != q]
+        for i in range(50):
+            a = math.exp(10 * float(lang[i] @ pos[q]))
+            ref = min(a / (a + math.exp(10 * float(lang[i] @ t))) for t in others)
+            assert abs(float(got[q, i]) - ref) < 1e-5
+    assert (got <= plain + 1e-7).all() and (got < plain - 1e-3).any()
+    torch.testing.assert_close(relevancy(lang, pos[:1], neg, contrast=True), plain[:1])
