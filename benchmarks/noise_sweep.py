@@ -254,6 +254,35 @@ def print_table(rows: list[dict]) -> None:
             print(f"{knob:<18}{x:>9g}" + "".join(f"{c[0]:>9.1f} +-{c[1]:>4.1f}" if c else f"{'-':>16}" for c in cells))
 
 
+def print_losses(rows: list[dict], out: Path, variant: str = "collaborative", against: str = "language_only",
+                 n: int = 3) -> None:
+    """Per knob and strength where ``variant`` loses to ``against`` (mean over seeds): the ``n`` units
+    (scene, frame, category) with the largest IoU drop, from ``<out>/units``."""
+    s = summarise(rows)
+    print(f"\nwhere {variant} loses to {against} (mean mIoU over seeds), worst units (IoU {variant} / {against}):")
+    for (knob, x, v), (m, _, _) in sorted(s.items()):
+        other = s.get((knob, x, against))
+        if v != variant or other is None or m >= other[0] or (knob != "crop_context" and x == 0):
+            continue
+        drops = []
+        for r in rows:
+            if r["variant"] != variant or float(r["strength"]) != x or r["knob"] not in (knob, "none"):
+                continue
+            if (x == 0) != (r["knob"] == "none"):
+                continue
+            scene = f"s{r['seed']}_{r['knob']}_{r['strength']}"
+            try:
+                mine = json.loads((out / "units" / scene / f"{variant}.json").read_text())
+                theirs = json.loads((out / "units" / scene / f"{against}.json").read_text())
+            except OSError:
+                continue
+            for a, b in zip(mine, theirs):
+                drops.append((b["iou"] - a["iou"], scene, a["frame"], a["category"], a["iou"], b["iou"]))
+        drops.sort(reverse=True)
+        cells = "; ".join(f"{sc} {fr} '{c}' {i1:.2f}/{i2:.2f}" for _, sc, fr, c, i1, i2 in drops[:n])
+        print(f"  {'default preset' if x == 0 else f'{knob}={x:g}'}: {m:.1f} vs {other[0]:.1f}: {cells}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="scene seeds (default 0 1 2)")
@@ -273,6 +302,7 @@ def main(argv=None) -> int:
     if not rows:
         sys.exit(f"{Path(a.out) / 'results.csv'}: no results yet")
     print_table(rows)
+    print_losses(rows, Path(a.out).resolve())
     plot(rows, Path(a.plot) if a.plot else Path(a.out) / "noise_sweep.png")
     return 0
 

@@ -195,6 +195,35 @@ def test_export_remove_reset_write_new_files(tiny):
     assert not s.removed.any() and not s.selection.any()
 
 
+def test_after_remove_clusters_and_coverage_are_of_the_scene_shown(tiny):
+    """instance_only clusters and cos3d_plus's mask coverage were derived on the whole model; after a
+    Remove they must be those of the Gaussians kept (a stale full-size cache broke both)."""
+    from scene.grounding import best_clusters, instance_clusters
+
+    run, cats = tiny
+    s = session_of(run, "query.mask_coverage_min=0.5")
+    s.set_options(mode="instance_only")
+    s.text(cats[0])                                         # fills the cluster cache of the whole model
+    sel = s.selection.copy()
+    assert sel.any()
+    s.remove()
+    s.text(cats[1])
+    keep = torch.from_numpy(~sel)
+    shown = s._shown
+    q = s.cfg.query
+    labels = instance_clusters(shown.feats, shown.opacity, shown.d, q.instance_multiplier, q.seed_opacity)
+    enc = s.encoder
+    ref = best_clusters(labels, shown.lang, enc.encode([cats[1]]), enc.encode(list(q.negatives)),
+                        min_size=math.ceil(q.cluster_min_frac * int(keep.sum())))[0]
+    expected = np.zeros(s.n, dtype=bool)
+    expected[keep.numpy()] = ref.numpy()
+    np.testing.assert_array_equal(s.selection, expected)
+    s.set_options(mode="collaborative")                     # coverage: computed on the kept Gaussians
+    s.text(cats[1])
+    assert not (s.selection & sel).any()
+    s.reset()
+
+
 def test_bad_input_messages(tiny):
     run, cats = tiny
     s = session_of(run, "query.text_encoder=table")
