@@ -28,6 +28,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -105,6 +106,15 @@ def train(data: Path, scene: str, runs: Path, argfile: str, base: str | None) ->
                           "--set", f"mapping.kind={kind}", *QUIET])
         times[f"mapping_{kind}"] = round(time.time() - t0, 1)
     return times
+
+
+def share_coverage(src: Path, dst: Path) -> None:
+    """Copy ``queries/mask_coverage.pt`` (stages/coverage.py) from run ``src`` to run ``dst`` when
+    ``dst`` has none; the query stage still checks the instance model's hash and the masks' hashes."""
+    f, g = src / "queries" / "mask_coverage.pt", dst / "queries" / "mask_coverage.pt"
+    if f.is_file() and not g.exists():
+        g.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, g)
 
 
 def evaluate_variants(data: Path, scene: str, runs: Path, out: Path, variants) -> dict:
@@ -190,6 +200,8 @@ def sweep(a) -> None:
             if reuse and not (runs / "kernel" / base / "instance" / "done.json").is_file():
                 sys.exit(f"{runs / 'kernel' / base}: the strength-0 run is missing; sweep the point 'none' first")
             times = train(data, scene, runs, a.argfile, base if reuse else None)  # finished stages are skipped
+            if reuse:  # same instance model and masks: the strength-0 run's mask coverage (its key is checked)
+                share_coverage(runs / "kernel" / base, runs / "kernel" / scene)
             res = evaluate_variants(data, scene, runs, out, todo)
             append_rows(csv_path, [{"seed": seed, "knob": knob, "strength": f"{strength:g}", "variant": v,
                                     "mIoU": f"{r['mIoU']:.3f}", "Acc@0.25": f"{r['Acc@0.25']:.3f}",

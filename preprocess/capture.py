@@ -181,7 +181,7 @@ def finalize(undist: Path, out: Path, max_width: int) -> tuple[dict, dict]:
     import numpy as np
 
     from scene.colmap import read_model, write_model
-    from scene.dataset import target_size_3dgs
+    from scene.views import target_size_3dgs
 
     cams, imgs, pts = read_model(undist / "sparse")
     scale = {}

@@ -45,7 +45,7 @@ import torch
 
 from arguments.cli import run_cli
 from scene.atomic import write_text
-from scene.dataset import LANGSPLAT_MAX_HEIGHT, target_size_langsplat
+from scene.views import LANGSPLAT_MAX_HEIGHT, target_size_langsplat
 from scene.language_features import LEVELS, id_maps, save_features
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -111,7 +111,7 @@ def stream_images(paths: list[Path], resolution: int = -1, workers: int = 2):
 
 def read_image(path: Path, resolution: int = -1) -> np.ndarray:
     """RGB uint8 [H, W, 3] as LangSplat reads it (cv2.imread, BGR->RGB, resized by
-    ``scene.dataset.target_size_langsplat``)."""
+    ``scene.views.target_size_langsplat``)."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"{path}: cannot decode image (corrupt or unsupported)")

@@ -1,5 +1,8 @@
 """Scene loading: a COLMAP scene folder -> sorted ``Camera`` lists + the sparse point cloud.
 
+(A Blender / NeRF ``transforms_*.json`` scene is loaded by ``scene/blender.py``; ``load_scene``
+hands such a folder to it.)
+
 Expected folder (the 3DGS / LangSplat / COS3D layout)::
 
     <source_path>/<images>/<file>          # looked up by the basename of the COLMAP image name
@@ -13,7 +16,6 @@ follow ``scene/cameras.py`` (world-to-camera R, t; OpenCV axes; pixel K).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from scene.cameras import Camera
 from scene.colmap import ColmapCamera, qvec2rotmat, read_model
+from scene.views import IMAGE_EXTS, SceneData, _basename, _image_size, _stem, nerfpp_radius, target_size_3dgs
 
 # Models that are pinhole cameras, possibly with distortion: name -> (number of intrinsic
 # params, how to read fx, fy, cx, cy from them). The remaining params are distortion.
@@ -32,22 +35,6 @@ _PINHOLE_LIKE = {
     "OPENCV": (4, lambda p: (p[0], p[1], p[2], p[3])),
     "FULL_OPENCV": (4, lambda p: (p[0], p[1], p[2], p[3])),
 }
-_POWERS_OF_TWO = (1, 2, 4, 8)
-
-
-@dataclass
-class SceneData:
-    source_path: Path
-    train_cameras: list[Camera]
-    test_cameras: list[Camera]
-    points_xyz: np.ndarray     # [P,3] float32 sparse COLMAP points (P may be 0)
-    points_rgb: np.ndarray     # [P,3] float32 colours in [0, 1]
-    cameras_extent: float      # 3DGS getNerfppNorm radius: 1.1 * max distance of centres from their mean
-
-    @property
-    def all_cameras(self) -> list[Camera]:
-        """Train and test cameras together, sorted by image name (= by uid)."""
-        return sorted(self.train_cameras + self.test_cameras, key=lambda c: c.uid)
 
 
 def colmap_intrinsics(cam: ColmapCamera, model_file: Union[str, Path]) -> np.ndarray:
@@ -65,89 +52,6 @@ def colmap_intrinsics(cam: ColmapCamera, model_file: Union[str, Path]) -> np.nda
                          f"{p[n:].tolist()}; undistort the images first with `colmap image_undistorter`")
     fx, fy, cx, cy = get(p)
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-
-
-# Two resize rules, on purpose: the training views follow 3DGS (width capped at 1600 px, 1/2/4/8 are
-# divisors), the SAM/CLIP preprocessing follows LangSplat (height capped at 1080 px, any R > 0 is a
-# width). COS3D inherits both, so a LERF-OVS id map can be smaller than its view (``load_seg``
-# resizes it back, same aspect). Both answer (width, height) for an image of (width, height).
-GS_MAX_WIDTH = 1600          # 3DGS utils/camera_utils.py loadCam: wider images are downscaled
-LANGSPLAT_MAX_HEIGHT = 1080  # LangSplat preprocess.py: images over 1080 px high are downscaled
-
-
-def target_size_3dgs(width: int, height: int, resolution: int, max_width: int = GS_MAX_WIDTH) -> tuple[int, int]:
-    """The 3DGS ``--resolution`` rule (``utils/camera_utils.loadCam``), used for the training views.
-
-    -1: native, but downscaled to ``max_width`` wide if wider; 1/2/4/8: divided by it (Python
-    ``round``); any other positive value: that width (height ``floor(h * r / w)``, as 3DGS's
-    ``int(h / (w / r))`` without its float rounding slip)."""
-    if resolution in _POWERS_OF_TWO:
-        return round(width / resolution), round(height / resolution)
-    if resolution == -1:
-        if width <= max_width:
-            return width, height
-        target = max_width
-    elif resolution > 0:
-        target = int(resolution)
-    else:
-        raise ValueError(f"resolution must be -1, 1, 2, 4, 8 or a positive target width, got {resolution}")
-    return target, max(1, (height * target) // width)
-
-
-def target_size_langsplat(width: int, height: int, resolution: int = -1,
-                          max_height: int = LANGSPLAT_MAX_HEIGHT) -> tuple[int, int]:
-    """LangSplat's rule (``preprocess.py``), used for the images SAM and CLIP see (``preprocess.run``).
-
-    -1: scale = H / ``max_height`` if higher, else native; R > 0: scale = W / R (R is a width, 1/2/4/8
-    included); new size ``(int(W / scale), int(H / scale))`` (truncated, as LangSplat)."""
-    if resolution == -1:
-        scale = height / max_height if height > max_height else 1.0
-    elif resolution > 0:
-        scale = width / resolution
-    else:
-        raise ValueError(f"--resolution must be -1 or a positive target width, got {resolution}")
-    return int(width / scale), int(height / scale)
-
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def _image_size(path: Path, img_file: Path, verify: bool = True) -> tuple[int, int]:
-    """(width, height) of an image file; with ``verify`` the whole file is decoded (JPEGs at 1/8
-    scale, which still reads every byte), so a truncated or corrupt image is an error here, before
-    any stage writes anything, instead of in the middle of training."""
-    from PIL import Image
-
-    fix = f"replace the file, or remove its entry from {img_file}"
-    try:
-        im = Image.open(path)
-    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError
-        raise ValueError(f"{path}: not a readable image ({_first_line(e)}): {fix}") from None
-    with im:
-        size = im.size
-        if verify:
-            try:
-                if im.format == "JPEG":
-                    im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-                im.load()
-            except (OSError, ValueError, SyntaxError) as e:
-                raise ValueError(f"{path}: cannot decode image, the file is truncated or corrupt "
-                                 f"({_first_line(e)}): {fix}") from None
-    return size
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
-
-
-def _basename(colmap_name: str) -> str:
-    return colmap_name.replace("\\", "/").split("/")[-1]
-
-
-def _stem(colmap_name: str) -> str:
-    """LangSplat/COS3D image_name: the basename cut at its FIRST dot."""
-    return _basename(colmap_name).split(".")[0]
 
 
 def _model_file(sparse: Path, stem: str) -> Path:
@@ -183,15 +87,6 @@ def _check_image_files(image_dir: Path, order, img_file: Path) -> None:
               f"({eg}); COLMAP registered {len(paths)} images", file=sys.stderr)
 
 
-def nerfpp_radius(centers: np.ndarray) -> float:
-    """3DGS ``getNerfppNorm`` radius of [N,3] camera centres (1.0 when degenerate)."""
-    if len(centers) == 0:
-        return 1.0
-    c = np.asarray(centers, dtype=np.float64)
-    r = 1.1 * float(np.max(np.linalg.norm(c - c.mean(0), axis=1)))
-    return r if r > 0 else 1.0
-
-
 def load_scene_from_config(data, holdout_offset: int) -> SceneData:
     """``load_scene`` with the settings of a config's ``data`` section; ``holdout_offset < 0``: every
     view is a training view (the stages that read all views)."""
@@ -214,7 +109,13 @@ def load_scene(source_path: Union[str, Path], images: str = "images", resolution
 
     Intrinsics are scaled from COLMAP's calibration size to the image file's size, then to the
     ``resolution`` rule (see ``target_size_3dgs``). With ``holdout_offset`` set, sorted camera ``i``
-    is a test view iff ``i % holdout_every == holdout_offset`` (3DGS: 0, COS3D: 2)."""
+    is a test view iff ``i % holdout_every == holdout_offset`` (3DGS: 0, COS3D: 2).
+
+    A folder without ``sparse/0`` but with ``transforms_train.json`` is a Blender / NeRF scene
+    (``scene.blender.load_blender_scene``): its frames name their own image files, so ``images`` is
+    ignored, and the split is the format's own: with ``holdout_offset`` set (any value, and
+    ``holdout_every`` unused) the test views are those of ``transforms_test.json``, without it they
+    are training views too."""
     root = Path(source_path)
     if not root.exists():
         raise FileNotFoundError(f"{root}: scene folder not found (check -s / data.source_path)")
@@ -222,7 +123,12 @@ def load_scene(source_path: Union[str, Path], images: str = "images", resolution
         raise ValueError(f"{root}: is a file, not a scene folder (check -s / data.source_path)")
     sparse = root / "sparse" / "0"
     if not sparse.is_dir():
-        raise FileNotFoundError(f"{sparse} not found: run COLMAP (or the synthetic generator) first")
+        if (root / "transforms_train.json").is_file():  # a Blender / NeRF scene: scene/blender.py
+            from scene.blender import load_blender_scene
+            return load_blender_scene(root, resolution=resolution, max_width=max_width,
+                                      verify_images=verify_images, use_test_split=holdout_offset is not None)
+        raise FileNotFoundError(f"{sparse} not found, nor {root / 'transforms_train.json'}: this is neither a "
+                                f"COLMAP scene nor a Blender/NeRF one: run COLMAP (or the synthetic generator) first")
     if holdout_offset is not None and not (holdout_every >= 1 and 0 <= holdout_offset < holdout_every):
         raise ValueError(f"holdout_offset must be in [0, {holdout_every}), got {holdout_offset} "
                          f"(holdout_every={holdout_every})")

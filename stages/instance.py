@@ -17,7 +17,7 @@ from tqdm import tqdm
 from arguments import Config
 from gaussian_renderer.sh import SH_C0
 from scene.atomic import write_json
-from scene.dataset import SceneData
+from scene.views import SceneData
 from scene.errors import StageError
 from scene.gaussian_model import load_checkpoint, load_ply, save_checkpoint, save_ply
 from scene.instance_loss import protonce_loss

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from arguments import Config
 from scene.atomic import torch_save
-from scene.dataset import SceneData
+from scene.views import SceneData
 from scene.errors import StageError
 from scene.gaussian_model import describe_torch_load_error, load_ply
 from scene.language_features import check_ids, load_clip, load_seg

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from arguments import Config
 from gaussian_renderer import render
-from scene.dataset import SceneData
+from scene.views import SceneData
 from scene.gaussian_model import (init_from_points, load_checkpoint, load_ply, make_parameters, random_init,
                                   save_checkpoint, save_ply)
 

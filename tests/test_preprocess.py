@@ -32,7 +32,8 @@ from preprocess.mask_filter import LANGSPLAT_NMS, masks_update
 from preprocess.sam_levels import LANGSPLAT_AMG, LEVELS, LevelMaskGenerator
 from scene.foundation import WeightsError
 from scene.colmap import ColmapCamera, ColmapImage, write_model
-from scene.dataset import load_scene, target_size_langsplat
+from scene.dataset import load_scene
+from scene.views import target_size_langsplat
 from scene.grounding import CANONICAL_NEGATIVES
 from scene.encoders import (ImageEncoder, OpenCLIPTextEncoder, TextEncoder,
                             build_text_encoder)
