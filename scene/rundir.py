@@ -115,8 +115,14 @@ def _list(keys: list[str]) -> str:
 
 
 def scene_files(source_path) -> dict:
-    """The COLMAP model that identifies a scene (``sparse/0/*.bin|txt``)."""
-    sparse = Path(source_path) / "sparse" / "0"
+    """The camera model that identifies a scene: COLMAP's ``sparse/0/*.bin|txt``, or for a Blender /
+    NeRF scene without it (scene/blender.py) ``transforms_train.json``, ``transforms_test.json`` and
+    ``points3d.ply`` (those present)."""
+    root = Path(source_path)
+    sparse = root / "sparse" / "0"
+    if not sparse.is_dir() and (root / "transforms_train.json").is_file():
+        names = ("transforms_train.json", "transforms_test.json", "points3d.ply")
+        return {n: root / n for n in names if (root / n).is_file()}
     return {f"sparse/0/{p.name}": p for p in sorted(sparse.glob("*")) if p.suffix in (".bin", ".txt") and p.is_file()}
 
 
@@ -217,7 +223,7 @@ def begin_stage(run_dir: Path, stage: str, cfg: Config, sections: list[str], met
     old_cfg, old_meta = read_saved_config(saved) if saved.is_file() else (None, {})
     scene_fp = scene_fingerprint(cfg.data.source_path, old_meta.get("scene"))
     if not scene_fp:
-        raise StageError(f"{cfg.data.source_path}: no COLMAP model in sparse/0")
+        raise StageError(f"{cfg.data.source_path}: no COLMAP model in sparse/0 and no transforms_train.json")
     if old_cfg is not None and old_meta.get("scene") and _changed(old_meta["scene"], scene_fp) and not force:
         raise StageError(f"{run_dir}: its '{stage}' stage was trained on another scene ({old_cfg.data.source_path}, "
                          f"now {cfg.data.source_path}): use another -m run dir, or --force to retrain it here")

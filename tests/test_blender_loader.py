@@ -241,3 +241,15 @@ def test_errors(tmp_path):
     (tmp_path / "a.png").write_bytes((tmp_path / "a.png").read_bytes()[:1000])  # truncated image
     write({"fl_x": 20, "frames": [{"file_path": "a.png", "transform_matrix": eye}]})
     _raises_at(tmp_path / "a.png", ValueError, "truncated or corrupt", load_blender_scene, tmp_path)
+
+
+def test_run_dir_fingerprints_a_blender_scene(tmp_path):
+    """The run directory identifies a Blender scene by its transforms and points (scene/rundir.py)."""
+    from scene.rundir import scene_fingerprint
+
+    _, cb = _write_both(tmp_path, intrinsics(36.0, 36.0, W / 2, H / 2), test=(NAMES[1],))
+    fp = scene_fingerprint(cb)
+    assert sorted(fp) == ["points3d.ply", "transforms_test.json", "transforms_train.json"]
+    before = fp["transforms_train.json"]["sha256"]
+    (cb / "transforms_train.json").write_text((cb / "transforms_train.json").read_text() + " ")
+    assert scene_fingerprint(cb)["transforms_train.json"]["sha256"] != before
