@@ -75,6 +75,8 @@ class RGBConfig:
                    choices=["points", "random"])
     random_init_points: int = F(100000, "number of points for init=random (3DGS: 100000)", min=1)
     init_opacity: float = F(0.1, "initial opacity (3DGS: 0.1)")
+    freeze_means: bool = F(False, "keep every Gaussian at its initial point (OpenGaussian --frozen_init_pts, ScanNet: "
+                                  "one Gaussian per mesh vertex); needs init=points and densify.enabled=false")
     lambda_dssim: float = F(0.2, "loss = (1-l)*L1 + l*(1-SSIM) (3DGS: 0.2)")
     means_lr: float = F(1.6e-4, "initial position lr, times the scene extent (3DGS: 0.00016)")
     means_lr_final: float = F(1.6e-6, "final position lr, times the scene extent (3DGS: 0.0000016)")

@@ -22,6 +22,7 @@ from scene.gaussian_model import (init_from_points, load_checkpoint, load_ply, m
 
 from scene.image_metrics import psnr, ssim
 from scene.atomic import write_json
+from scene.errors import StageError
 
 STAGE = "rgb"
 
@@ -138,6 +139,12 @@ def train_rgb(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device
         start, order = 0, []
         ck = None
 
+    if r.freeze_means:  # OpenGaussian --frozen_init_pts: the points stay where they are, one Gaussian each
+        if r.densify.enabled or r.init != "points" or len(scene.points_xyz) == 0:
+            raise StageError(f"rgb.freeze_means keeps one Gaussian per point of the scene: it needs rgb.init=points, "
+                             f"points in {scene.source_path} and rgb.densify.enabled=false (got init={r.init}, "
+                             f"{len(scene.points_xyz)} points, densify.enabled={r.densify.enabled})")
+        params["means"].requires_grad_(False)  # no gradient: its optimizer never moves it
     optimizers = make_optimizers(params, cfg, extent)
     strategy = make_strategy(cfg)
     state = strategy.initialize_state(scene_scale=extent)
