@@ -61,12 +61,8 @@ def labels_path(scene_dir, scene: str) -> Path:
 # input
 # ----------------------------------------------------------------------------------------------
 
-def read_vertex_labels(path) -> np.ndarray:
-    """The ``label`` vertex property of a ScanNet labels PLY (ascii or binary) as int64 [N].
-
-    A missing file raises FileNotFoundError, an unreadable file, a file without a ``vertex`` element
-    or without an integer ``label`` property raises ValueError; every message starts with the path.
-    """
+def _vertices(path):
+    """(path, the ``vertex`` element) of a PLY file; errors are one message starting with the path."""
     from plyfile import PlyData
 
     path = Path(path)
@@ -79,7 +75,16 @@ def read_vertex_labels(path) -> np.ndarray:
     if "vertex" not in ply:
         names = ", ".join(el.name for el in ply.elements) or "none"
         raise ValueError(f"{path}: no 'vertex' element (elements: {names})")
-    vertex = ply["vertex"]
+    return path, ply["vertex"]
+
+
+def read_vertex_labels(path) -> np.ndarray:
+    """The ``label`` vertex property of a ScanNet labels PLY (ascii or binary) as int64 [N].
+
+    A missing file raises FileNotFoundError, an unreadable file, a file without a ``vertex`` element
+    or without an integer ``label`` property raises ValueError; every message starts with the path.
+    """
+    path, vertex = _vertices(path)
     props = [p.name for p in vertex.properties]
     if "label" not in props:
         raise ValueError(f"{path}: the vertex element has no 'label' property (properties: "
@@ -89,6 +94,16 @@ def read_vertex_labels(path) -> np.ndarray:
         raise ValueError(f"{path}: the vertex 'label' property is {lab.dtype}, expected an integer "
                          f"NYU40 id")
     return lab.astype(np.int64)
+
+
+def read_points(path) -> np.ndarray:
+    """The vertex positions x, y, z of a PLY (the labels PLY: the points the labels belong to) as
+    float32 [N, 3]; errors as :func:`read_vertex_labels`."""
+    path, vertex = _vertices(path)
+    props = [p.name for p in vertex.properties]
+    if not all(k in props for k in "xyz"):
+        raise ValueError(f"{path}: the vertex element has no x, y, z (properties: {', '.join(props)})")
+    return np.stack([np.asarray(vertex[k], dtype=np.float32) for k in "xyz"], axis=1)
 
 
 def opacity_valid(opacity, threshold: float = OPACITY_THRESHOLD) -> np.ndarray:
