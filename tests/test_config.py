@@ -108,7 +108,9 @@ PAPER_DEFAULTS = {"instance.feature_dim": 16, "instance.iterations": 30000, "que
 # Other shipped argument files: lerf_openclip changes the text encoder only; synthetic_cpu only
 # shortens schedules (iteration counts and the periods tied to them), it never changes the method.
 OTHER_FILES = {"lerf_openclip.yaml": {"query.text_encoder": "openclip"},
-               "cos3d_plus.yaml": {"query.connect_radius": 3.0, "query.mask_coverage_min": 0.5}}
+               "cos3d_plus.yaml": {"query.connect_radius": 3.0, "query.mask_coverage_min": 0.5},
+               "scannet.yaml": {"data.resolution": 2, "rgb.freeze_means": True, "rgb.densify.enabled": False,
+                                "instance.sam_level": 0, "mapping.sam_level": 0}}
 SCHEDULE_KEYS = {"rgb.iterations", "rgb.sh_degree_interval", "rgb.eval_every", "rgb.checkpoint_every",
                  "rgb.densify.refine_start_iter", "rgb.densify.refine_stop_iter", "rgb.densify.refine_every",
                  "rgb.densify.reset_every", "instance.iterations", "instance.preview_every",
