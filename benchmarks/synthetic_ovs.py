@@ -5,7 +5,8 @@
 For every seed: generate the scene; then, --repeats times, train rgb -> instance -> mapping
 (arguments/synthetic_cpu.yaml) into a fresh run and query + render + evaluate with the collaborative
 inference, language-only, instance-only (clustered, and the earlier single-seed rule), with the MLP
-mapping (its own mapping stage, sharing rgb/instance) and cos3d_plus (arguments/cos3d_plus.yaml).
+mapping (its own mapping stage, sharing rgb/instance), cos3d_plus (arguments/cos3d_plus.yaml), each of
+its two rules alone, and the contrast against the other queries (query.contrast_queries).
 Prints mIoU / mAcc@0.25 per run, per variant: the mean +- std over all runs, the seed-to-seed std (of
 the per-seed means) and the repeat std (same seed, same command; 0 when the runs are bit-identical),
 plus stage timings; writes results.json (per-frame IoUs: <out>/eval/<variant>/<scene>/metrics.json).
@@ -29,6 +30,10 @@ VARIANTS = {  # name -> (mapping kind, query.py arguments)
     "instance_seed": ("kernel", ["--set", "query.mode=instance_seed"]),
     "mlp_mapping": ("mlp", []),
     "cos3d_plus": ("kernel", ["-c", str(REPO / "arguments" / "cos3d_plus.yaml")]),
+    # cos3d_plus's rules one at a time, and the contrast against the other queries (docs/method.md §5.1.1)
+    "plus_connect_only": ("kernel", ["--set", "query.connect_radius=3.0"]),
+    "plus_coverage_only": ("kernel", ["--set", "query.mask_coverage_min=0.5"]),
+    "contrast": ("kernel", ["--set", "query.contrast_queries=true"]),
 }
 
 
@@ -103,10 +108,10 @@ def report(results: dict, out: Path) -> None:
     seeds = sorted({k.split("/")[0] for k in runs})
     print(f"\nSynthetic OVS benchmark, preset '{results['preset']}', seeds {results['seeds']}, "
           f"{results['repeats']} repeat(s) each (mIoU / mAcc@0.25, %)")
-    print(f"{'variant':<15}" + "".join(f"{n:>22}" for n in runs))
+    print(f"{'variant':<19}" + "".join(f"{n:>22}" for n in runs))
     for v in VARIANTS:
-        print(f"{v:<15}" + "".join(f"{runs[n][v]['mIoU']:>14.2f} /{runs[n][v]['Acc@0.25']:>6.1f}" for n in runs))
-    print(f"\n{'variant':<15}{'mIoU mean +- std':>20}{'mAcc mean +- std':>20}{'seed std':>10}{'repeat std':>12}")
+        print(f"{v:<19}" + "".join(f"{runs[n][v]['mIoU']:>14.2f} /{runs[n][v]['Acc@0.25']:>6.1f}" for n in runs))
+    print(f"\n{'variant':<19}{'mIoU mean +- std':>20}{'mAcc mean +- std':>20}{'seed std':>10}{'repeat std':>12}")
     for v in VARIANTS:
         mi = [r[v]["mIoU"] for r in runs.values()]
         ma = [r[v]["Acc@0.25"] for r in runs.values()]
@@ -116,7 +121,7 @@ def report(results: dict, out: Path) -> None:
         results.setdefault("summary", {})[v] = {"mIoU": statistics.mean(mi), "mIoU_std": _std(mi),
                                                 "Acc@0.25": statistics.mean(ma), "Acc@0.25_std": _std(ma),
                                                 "seed_std": seed_std, "repeat_std": rep_std}
-        print(f"{v:<15}{statistics.mean(mi):>12.2f} +- {_std(mi):<5.2f}{statistics.mean(ma):>12.2f} +- "
+        print(f"{v:<19}{statistics.mean(mi):>12.2f} +- {_std(mi):<5.2f}{statistics.mean(ma):>12.2f} +- "
               f"{_std(ma):<5.2f}{seed_std:>10.2f}{rep_std:>12.2f}")
     print("\nstage seconds (2 CPU cores): " + "; ".join(
         f"{n}: " + ", ".join(f"{k} {t}" for k, t in runs[n]["seconds"].items()) for n in runs))
