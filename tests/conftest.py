@@ -1,4 +1,5 @@
-"""Markers that skip themselves: `gpu` without CUDA, `data` without LERF_OVS_ROOT."""
+"""Markers that skip themselves: `gpu` without CUDA, `data` without its download's root variable
+(``pytest.mark.data``: LERF_OVS_ROOT; ``pytest.mark.data("SCANNET_ROOT")`` names another)."""
 import os
 
 # before torch loads, as the entry points do (stages/__init__.py): waiting OpenMP threads sleep, so the
@@ -11,9 +12,11 @@ import torch  # noqa: E402
 
 def pytest_collection_modifyitems(config, items):
     no_cuda = pytest.mark.skip(reason="needs a CUDA device")
-    no_data = pytest.mark.skip(reason="needs the LERF-OVS download: set LERF_OVS_ROOT")
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(no_cuda)
-        if "data" in item.keywords and not os.environ.get("LERF_OVS_ROOT"):
-            item.add_marker(no_data)
+        mark = item.get_closest_marker("data")
+        if mark is not None:
+            env = mark.args[0] if mark.args else "LERF_OVS_ROOT"
+            if not os.environ.get(env):
+                item.add_marker(pytest.mark.skip(reason=f"needs the real download: set {env}"))
