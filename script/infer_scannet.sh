@@ -5,8 +5,8 @@
 #   bash script/infer_scannet.sh [-c argfile ...] [argfile ...]
 #
 # Scenes: $SCENES (space separated) or every run folder under $OUT_ROOT/$TAG with a finished mapping.
-# Argument files (-c FILE, repeatable, or positional) change query-time settings (e.g. the text encoder);
-# they apply after $EXTRA_ARGFILES. Writes metrics.json / metrics.csv to $OUT_ROOT/$TAG.
+# Argument files (-c FILE / --config FILE, repeatable, or positional) change query-time settings (e.g.
+# the text encoder); they apply after $EXTRA_ARGFILES. Writes metrics.json / metrics.csv to $OUT_ROOT/$TAG.
 # Env: SCANNET_ROOT (default $SYNTH_ROOT/scannet), OUT_ROOT, TAG (default scannet), SCENES, PYTHON,
 # EXTRA_ARGFILES (see script/common.sh).
 #   -h, --help   this text

@@ -43,7 +43,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 TINY = REPO / "tests" / "readme_tiny.yaml"
-SCRIPTS = ("train", "infer", "ablate")
+SCRIPTS = ("train", "infer", "ablate", "train_scannet", "infer_scannet")
 
 SCENE = "figurines"  # the generated stand-in for every LERF-OVS scene
 LERF_SCENES = ("figurines", "teatime", "ramen", "waldo_kitchen")
@@ -149,6 +149,7 @@ def placeholders(w: dict, continued: bool) -> dict:
     run = w["out"] / "default" / SCENE
     return {
         "/data/lerf_ovs": str(w["data"]),
+        "/data/scannet": str(w["synth"] / "scannet"),  # the generated room the section's first command made
         "data/synthetic": str(w["synth"]),
         "output/<tag>": str(w["out"] / "default"),
         "<scene>": str(w["data"] / SCENE),
