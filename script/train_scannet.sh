@@ -10,7 +10,8 @@
 # $SYNTH_ROOT/scannet/scene0000_00 (python -m preprocess.synthetic.room), made on first use and trained
 # with arguments/synthetic_cpu.yaml after arguments/scannet.yaml (CPU-sized schedules).
 # Argument files (-c FILE / --config FILE, repeatable, or positional after the scene) apply in order
-# after arguments/scannet.yaml and $EXTRA_ARGFILES. A finished stage is skipped; FORCE=1 re-runs all of them. Runs go to $OUT_ROOT/$TAG/<scene> ($TAG default: scannet).
+# after arguments/scannet.yaml and $EXTRA_ARGFILES. A finished stage is skipped; FORCE=1 re-runs all of
+# them. Runs go to $OUT_ROOT/$TAG/<scene> ($TAG default: scannet).
 # Env: SCANNET_ROOT (default $SYNTH_ROOT/scannet), OUT_ROOT, TAG, PYTHON, FORCE, EXTRA_ARGFILES,
 # SYNTH_ROOT, ROOM_ARGS (extra arguments of the room generator, e.g. "--views 8 --width 48 --height 36")
 # (see script/common.sh).
