@@ -32,7 +32,7 @@ import numpy as np
 
 from scene.cameras import Camera, intrinsics
 from scene.views import (IMAGE_EXTS, SceneData, _first_line, _image_size, _stem, nerfpp_radius,
-                         target_size_3dgs)
+                         sized_camera)
 
 TRAIN_FILE, TEST_FILE, POINTS_FILE = "transforms_train.json", "transforms_test.json", "points3d.ply"
 _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
@@ -207,22 +207,14 @@ def load_blender_scene(source_path: Union[str, Path], resolution: int = -1, max_
             raise ValueError(f"{b[2]}: frame {b[3].index} ({b[1].name}) has the same image_name {a[0]!r} as "
                              f"frame {a[3].index} of {a[2].name} ({a[1].name}); image names must be unique")
 
-    train, test, noted = [], [], False
+    train, test, noted = [], [], []
     for uid, (name, img, f, fr, is_test) in enumerate(entries):
         fw, fh = _image_size(img, f, verify_images)
         K, W, H = frame_intrinsics(fr.intrinsics, (fw, fh), f"{f}: frame {fr.index} ({img.name})")
         R, t = opengl_c2w_to_w2c(fr.c2w)
         cam = Camera(uid=uid, image_name=name, R=R, t=t, K=K, width=W, height=H, image_path=img,
                      extra={"transforms_file": f.name, "frame_index": fr.index})
-        if (fw, fh) != (W, H):
-            cam = cam.scaled(fw, fh)  # w, h are the calibration size
-        w, h = target_size_3dgs(fw, fh, resolution, max_width)
-        if resolution == -1 and (w, h) != (fw, fh) and not noted:
-            print(f"[load_scene] images wider than {max_width} px are downscaled to {max_width} wide "
-                  f"(pass resolution=1 to keep the native size)")
-            noted = True
-        if (w, h) != (cam.width, cam.height):
-            cam = cam.scaled(w, h)
+        cam = sized_camera(cam, (fw, fh), resolution, max_width, noted)  # w, h are the calibration size
         (test if is_test else train).append(cam)
 
     ply = root / POINTS_FILE

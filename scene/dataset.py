@@ -23,7 +23,7 @@ import numpy as np
 
 from scene.cameras import Camera
 from scene.colmap import ColmapCamera, qvec2rotmat, read_model
-from scene.views import IMAGE_EXTS, SceneData, _basename, _image_size, _stem, nerfpp_radius, target_size_3dgs
+from scene.views import IMAGE_EXTS, SceneData, _basename, _image_size, _stem, nerfpp_radius, sized_camera
 
 # Models that are pinhole cameras, possibly with distortion: name -> (number of intrinsic
 # params, how to read fx, fy, cx, cy from them). The remaining params are distortion.
@@ -152,7 +152,7 @@ def load_scene(source_path: Union[str, Path], images: str = "images", resolution
     _check_image_files(image_dir, order, img_file)
 
     cameras: list[Camera] = []
-    noted = False
+    noted: list = []
     for uid, im in enumerate(order):
         cc = cams[im.camera_id]
         K = colmap_intrinsics(cc, cam_file)
@@ -165,17 +165,8 @@ def load_scene(source_path: Union[str, Path], images: str = "images", resolution
                      t=np.asarray(im.tvec, dtype=np.float64).copy(), K=K, width=int(cc.width),
                      height=int(cc.height), image_path=path,
                      extra={"colmap_image_id": im.id, "colmap_camera_id": cc.id})
-        fw, fh = _image_size(path, img_file, verify_images)
-        if (fw, fh) != (cam.width, cam.height):
-            cam = cam.scaled(fw, fh)  # COLMAP's size is the calibration size
-        w, h = target_size_3dgs(fw, fh, resolution, max_width)
-        if resolution == -1 and (w, h) != (fw, fh) and not noted:
-            print(f"[load_scene] images wider than {max_width} px are downscaled to {max_width} wide "
-                  f"(pass resolution=1 to keep the native size)")
-            noted = True
-        if (w, h) != (cam.width, cam.height):
-            cam = cam.scaled(w, h)
-        cameras.append(cam)
+        # COLMAP's size is the calibration size: K follows the image file, then the resolution rule
+        cameras.append(sized_camera(cam, _image_size(path, img_file, verify_images), resolution, max_width, noted))
 
     if holdout_offset is None:
         train, test = cameras, []

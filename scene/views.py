@@ -118,3 +118,21 @@ def nerfpp_radius(centers: np.ndarray) -> float:
     c = np.asarray(centers, dtype=np.float64)
     r = 1.1 * float(np.max(np.linalg.norm(c - c.mean(0), axis=1)))
     return r if r > 0 else 1.0
+
+
+def sized_camera(cam: Camera, file_size: tuple[int, int], resolution: int, max_width: int = GS_MAX_WIDTH,
+                 noted: list | None = None) -> Camera:
+    """``cam`` (intrinsics at its calibration size) scaled to its image file's ``file_size`` and then to
+    the 3DGS ``resolution`` rule (``target_size_3dgs``). The first camera downscaled by the 1600 px cap
+    prints a note; ``noted`` (a list shared by the calls of one scene) keeps it to one per scene."""
+    fw, fh = file_size
+    if (fw, fh) != (cam.width, cam.height):
+        cam = cam.scaled(fw, fh)
+    w, h = target_size_3dgs(fw, fh, resolution, max_width)
+    if resolution == -1 and (w, h) != (fw, fh) and noted is not None and not noted:
+        print(f"[load_scene] images wider than {max_width} px are downscaled to {max_width} wide "
+              f"(pass resolution=1 to keep the native size)")
+        noted.append(True)
+    if (w, h) != (cam.width, cam.height):
+        cam = cam.scaled(w, h)
+    return cam

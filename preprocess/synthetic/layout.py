@@ -302,6 +302,27 @@ def _main_shape(parts) -> str:
     return parts[int(np.argmax(radius))].kind
 
 
+def place_parts(obj: "SceneObject", oi: int, base: np.ndarray, Rz: np.ndarray, z_floor: float,
+                prims: list, words: list, groups: list, pobj: list) -> None:
+    """Object ``oi``'s parts as world primitives (rotated by ``Rz``, then moved to ``base``), appended to
+    ``prims`` with their part words, groups and owner; sets ``obj.part_ids`` and ``obj.z_range``
+    (clipped below at ``z_floor``, the surface the object stands on)."""
+    zs = []
+    for p in obj.parts:
+        gi = len(words)
+        pr = Primitive(p.kind, p.params, base + Rz @ np.asarray(p.offset, float), Rz @ p.rot,
+                       color=p.color, color2=p.color2, texture=p.texture, tex_scale=p.tex_scale,
+                       obj=oi, part=gi)
+        c, rad = pr.bounding_sphere()
+        zs += [c[2] - rad, c[2] + rad]
+        prims.append(pr)
+        words.append(p.word)
+        groups.append(p.group)
+        pobj.append(oi)
+        obj.part_ids.append(gi)
+    obj.z_range = (max(min(zs), z_floor), max(zs))
+
+
 def build_layout(rng: np.random.Generator, n_objects: int, layout_radius: float,
                  touch_prob: float = 0.35, shared_names: float = 0.0,
                  names_rng: np.random.Generator = None) -> SyntheticLayout:
@@ -343,20 +364,7 @@ def build_layout(rng: np.random.Generator, n_objects: int, layout_radius: float,
         Rz = _rz(yaw)
         base = np.array([pos[oi][0], pos[oi][1], TABLE_TOP])
         obj = SceneObject(name, parts, pos[oi], yaw, f, color=chosen[oi][1], shape=_main_shape(parts))
-        zs = []
-        for p in parts:
-            gi = len(words)
-            pr = Primitive(p.kind, p.params, base + Rz @ np.asarray(p.offset, float), Rz @ p.rot,
-                           color=p.color, color2=p.color2, texture=p.texture, tex_scale=p.tex_scale,
-                           obj=oi, part=gi)
-            c, rad = pr.bounding_sphere()
-            zs += [c[2] - rad, c[2] + rad]
-            prims.append(pr)
-            words.append(p.word)
-            groups.append(p.group)
-            pobj.append(oi)
-            obj.part_ids.append(gi)
-        obj.z_range = (max(min(zs), TABLE_TOP), max(zs))
+        place_parts(obj, oi, base, Rz, TABLE_TOP, prims, words, groups, pobj)
         objects.append(obj)
     table_r = R + 0.3
     prims += [

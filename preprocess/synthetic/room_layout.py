@@ -20,7 +20,8 @@ import numpy as np
 from scene.cameras import intrinsics, look_at
 from scene.scannet import NYU40_NAMES
 
-from .layout import COLORS, SceneObject, SyntheticLayout, ViewCamera, _P, _dim, _footprint, _main_shape, _rz
+from .layout import (COLORS, SceneObject, SyntheticLayout, ViewCamera, _P, _dim, _footprint, _main_shape, _rz,
+                     place_parts)
 from .raycast import Primitive
 
 REGION_FLOOR, REGION_WALL = 2, 3              # layout.REGION_NAMES: 2 "floor", 3 "wall"
@@ -176,19 +177,7 @@ def build_room(rng: np.random.Generator) -> tuple[SyntheticLayout, tuple[float, 
         Rz = _rz(yaw)
         base = np.array([pos[0], pos[1], 0.0])
         obj = SceneObject(cls, parts, pos, float(yaw), _footprint(parts), color=ckey, shape=_main_shape(parts))
-        zs = []
-        for p in parts:
-            gi = len(words)
-            pr = Primitive(p.kind, p.params, base + Rz @ np.asarray(p.offset, float), Rz @ p.rot, color=p.color,
-                           color2=p.color2, texture=p.texture, tex_scale=p.tex_scale, obj=oi, part=gi)
-            c, rad = pr.bounding_sphere()
-            zs += [c[2] - rad, c[2] + rad]
-            prims.append(pr)
-            words.append(p.word)
-            groups.append(p.group)
-            pobj.append(oi)
-            obj.part_ids.append(gi)
-        obj.z_range = (max(min(zs), 0.0), max(zs))
+        place_parts(obj, oi, base, Rz, 0.0, prims, words, groups, pobj)
         objects.append(obj)
     prims += room_background(W, D, rng)
     light = np.asarray(LIGHT, float)
