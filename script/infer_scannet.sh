@@ -7,11 +7,13 @@
 # Scenes: $SCENES (space separated) or every run folder under $OUT_ROOT/$TAG with a finished mapping.
 # Argument files (-c FILE / --config FILE, repeatable, or positional) change query-time settings (e.g.
 # the text encoder); they apply after $EXTRA_ARGFILES. Writes metrics.json / metrics.csv to $OUT_ROOT/$TAG.
-# Env: SCANNET_ROOT (default $SYNTH_ROOT/scannet), OUT_ROOT, TAG (default scannet), SCENES, PYTHON,
+# Env: SCANNET_ROOT (default $SYNTH_ROOT/scannet, the generated room), OUT_ROOT, TAG (default scannet
+# with $SCANNET_ROOT, else scannet_synthetic, as script/train_scannet.sh), SCENES, PYTHON,
 # EXTRA_ARGFILES (see script/common.sh).
 #   -h, --help   this text
 set -euo pipefail
-TAG="${TAG:-scannet}"
+# real data ($SCANNET_ROOT set) -> tag scannet; the generated room -> tag scannet_synthetic
+if [[ -n "${SCANNET_ROOT:-}" ]]; then TAG="${TAG:-scannet}"; else TAG="${TAG:-scannet_synthetic}"; fi
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_args 0 "$@"
 extra_argfiles

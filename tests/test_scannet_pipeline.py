@@ -37,7 +37,7 @@ def scannet(tmp_path_factory):
                            text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     scene = "scene0000_00"
-    return root / "synth" / "scannet" / scene, root / "out" / "scannet" / scene, r.stdout
+    return root / "synth" / "scannet" / scene, root / "out" / "scannet_synthetic" / scene, r.stdout
 
 
 def _reference(run: Path, src: Path, subset: int) -> tuple[float, float]:
