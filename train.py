@@ -21,6 +21,7 @@ import stages  # noqa: F401  (first: sets the OpenMP wait policy before torch lo
 
 import argparse
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ import torch
 
 from arguments import ConfigError, add_config_args, load_config, read_saved_config
 from arguments.cli import run_cli
+from scene import distributed
 from scene.errors import StageError
 from scene.rundir import RunLock, begin_stage, mark_done, require_finished
 from scene.runtime import resolve_device, seed_everything
@@ -42,16 +44,22 @@ class Stage:
     predecessor: str | None            # the finished stage it builds on
     holdout: Callable                  # cfg -> holdout offset of its scene (-1: every view)
     input_suffixes: tuple[str, ...]    # the scene's _s/_f files it reads (part of its inputs)
-    run: Callable                      # (cfg, run_dir, scene, device, args) -> summary dict
+    run: Callable                      # (cfg, run_dir, scene, device, args, ranks) -> summary dict
     outputs: tuple[str, ...]           # run-dir files later stages read
     report: Callable                   # summary -> one line
+    parallel: bool = False             # trains data-parallel under torchrun (scene/distributed.py)
 
 
-def _run_rgb(cfg, run_dir, scene, device, args):
+def _ranks_note(ranks) -> str:
+    return f", {ranks.world} ranks ({'nccl' if ranks.device.type == 'cuda' else 'gloo'})" if ranks.active else ""
+
+
+def _run_rgb(cfg, run_dir, scene, device, args, ranks):
     from stages.rgb import train_rgb
-    print(f"[rgb] {len(scene.train_cameras)} train / {len(scene.test_cameras)} test views, "
-          f"{len(scene.points_xyz)} points, device {device}")
-    return train_rgb(cfg, run_dir, scene, device, init_ply=args.init_ply)
+    if ranks.is_main:
+        print(f"[rgb] {len(scene.train_cameras)} train / {len(scene.test_cameras)} test views, "
+              f"{len(scene.points_xyz)} points, device {device}{_ranks_note(ranks)}")
+    return train_rgb(cfg, run_dir, scene, device, init_ply=args.init_ply, ranks=ranks)
 
 
 def _report_rgb(s):
@@ -60,24 +68,25 @@ def _report_rgb(s):
     return f"{s['n_gaussians']} Gaussians{psnr}"
 
 
-def _run_instance(cfg, run_dir, scene, device, args):
+def _run_instance(cfg, run_dir, scene, device, args, ranks):
     from stages.instance import train_instance
-    print(f"[instance] {len(scene.train_cameras)} train views, SAM level {cfg.instance.sam_level}, "
-          f"{cfg.instance.iterations} steps, device {device}")
-    return train_instance(cfg, run_dir, scene, device)
+    if ranks.is_main:
+        print(f"[instance] {len(scene.train_cameras)} train views, SAM level {cfg.instance.sam_level}, "
+              f"{cfg.instance.iterations} steps, device {device}{_ranks_note(ranks)}")
+    return train_instance(cfg, run_dir, scene, device, ranks=ranks)
 
 
-def _run_mapping(cfg, run_dir, scene, device, args):
+def _run_mapping(cfg, run_dir, scene, device, args, ranks):
     from stages.mapping import run_mapping
     return run_mapping(cfg, run_dir, scene, device)
 
 
 STAGES = {s.name: s for s in (
     Stage("rgb", ("data", "rgb"), None, lambda c: c.rgb.holdout_offset, (), _run_rgb,
-          ("rgb/point_cloud.ply",), _report_rgb),
+          ("rgb/point_cloud.ply",), _report_rgb, parallel=True),
     Stage("instance", ("data", "instance"), "rgb", lambda c: c.instance.holdout_offset, ("_s",), _run_instance,
           ("instance/point_cloud.ply",),
-          lambda s: f"{s['n_gaussians']} Gaussians x {s['feature_dim']} features"),
+          lambda s: f"{s['n_gaussians']} Gaussians x {s['feature_dim']} features", parallel=True),
     # every view contributes pairs (COS3D builds this scene with eval=False)
     Stage("mapping", ("data", "instance", "mapping"), "instance", lambda c: -1, ("_s", "_f"), _run_mapping,
           ("mapping/pairs.pt",),  # language_field.pt is a cache tagged with the hash of its inputs
@@ -153,6 +162,14 @@ def run(args) -> int:
     run_dir = Path(args.model_path)
     if args.init_ply and stage.name != "rgb":
         raise StageError("--init_ply is for the rgb stage")
+    world, rank, _ = distributed.from_env()
+    if world > 1 and (not stage.parallel or args.init_ply):
+        if rank:  # nothing to share: rank 0 does the stage alone
+            return 0
+        print(f"[{stage.name}] not data-parallel: rank 0 runs it alone ({world} ranks launched)")
+        world = 1
+    if stage.parallel:  # a batch that does not split over the ranks is refused before anything is written
+        distributed.views_per_step(getattr(cfg, stage.name).batch_views, distributed.Ranks(world=world), stage.name)
     if cfg.run.num_threads > 0:
         torch.set_num_threads(cfg.run.num_threads)
     device = resolve_device(cfg.run.device)
@@ -171,13 +188,35 @@ def run(args) -> int:
     if stage.input_suffixes:
         from scene.language_features import check_folder
         check_folder(cfg.data.source_path, scene.all_cameras, cfg.instance.features_folder)
-    with RunLock(run_dir, f"train.py --stage {stage.name}"):
-        if not begin_stage(run_dir, stage.name, cfg, list(stage.sections), meta, force=args.force,
-                           predecessor=stage.predecessor, inputs=stage_inputs(stage, scene, cfg, args.init_ply)):
-            print(f"[{stage.name}] already finished in {run_dir / stage.name} (use --force to redo it)")
+    ranks = distributed.init(device) if world > 1 else distributed.Ranks(device=device)
+    try:
+        return _run_stage(stage, cfg, run_dir, scene, args, meta, ranks)
+    finally:
+        distributed.shutdown(ranks)
+
+
+def _run_stage(stage, cfg, run_dir, scene, args, meta, ranks) -> int:
+    """Rank 0 locks the run dir and prepares the stage; every rank trains; rank 0 marks it done."""
+    with RunLock(run_dir, f"train.py --stage {stage.name}") if ranks.is_main else nullcontext():
+        go = None
+        if ranks.is_main:
+            try:
+                go = begin_stage(run_dir, stage.name, cfg, list(stage.sections), meta, force=args.force,
+                                 predecessor=stage.predecessor, inputs=stage_inputs(stage, scene, cfg, args.init_ply))
+            finally:
+                distributed.broadcast(go, ranks)  # None: rank 0 failed and says why
+        else:
+            go = distributed.broadcast(None, ranks)
+            if go is None:
+                return 2
+        if not go:
+            if ranks.is_main:
+                print(f"[{stage.name}] already finished in {run_dir / stage.name} (use --force to redo it)")
             return 0
         seed_everything(cfg.run.seed, cfg.run.deterministic)
-        summary = stage.run(cfg, run_dir, scene, device, args)
+        summary = stage.run(cfg, run_dir, scene, ranks.device, args, ranks)
+        if not ranks.is_main:
+            return 0
         mark_done(run_dir, stage.name, summary, {k: run_dir / k for k in stage.outputs})
     print(f"[{stage.name}] done: {stage.report(summary)}")
     return 0

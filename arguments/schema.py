@@ -86,6 +86,8 @@ class RGBConfig:
     scales_lr: float = F(0.005, "log-scale lr (3DGS: 0.005)")
     quats_lr: float = F(0.001, "rotation lr (3DGS: 0.001)")
     random_background: bool = F(False, "random background colour per step (3DGS --random_background)")
+    batch_views: int = F(0, "views rendered per step, all ranks together, each view's loss / batch_views; 0 = one per "
+                            "rank (1 in one process, as 3DGS; K under torchrun --nproc_per_node=K, docs/scale_out.md)", min=0)
     eval_every: int = F(7000, "PSNR/SSIM on held-out views every k steps (and at the end); 0 = only at the end", min=0)
     checkpoint_every: int = F(5000, "write a resumable checkpoint every k steps; 0 = only at the end", min=0)
     densify: DensifyConfig = field(default_factory=DensifyConfig, metadata={"help": "densification schedule"})
@@ -107,6 +109,8 @@ class InstanceConfig:
     phi_max: float = F(1.0, "upper clip of phi (COS3D: 1.0)")
     norm_weight: float = F(100.0, "weight of mean (||F||-1)^2 on rendered features (COS3D: 100)")
     loss_scale: float = F(0.001, "total loss multiplier (COS3D: 1e-3)")
+    batch_views: int = F(0, "views per step, all ranks together, each view's loss / batch_views; 0 = one per rank "
+                            "(1 in one process, as COS3D; K under torchrun --nproc_per_node=K, docs/scale_out.md)", min=0)
     preview_every: int = F(500, "write a PCA preview PNG of the rendered features every k steps; 0 = never (COS3D: 500)", min=0)
     checkpoint_every: int = F(5000, "write a resumable checkpoint every k steps; 0 = only at the end", min=0)
 

@@ -20,6 +20,7 @@ from scene.views import SceneData
 from scene.gaussian_model import (init_from_points, load_checkpoint, load_ply, make_parameters, random_init,
                                   save_checkpoint, save_ply)
 
+from scene.distributed import Ranks, merged_info, my_share, sum_gradients, views_per_step
 from scene.image_metrics import psnr, ssim
 from scene.atomic import write_json
 from scene.errors import StageError
@@ -97,8 +98,10 @@ def evaluate(params, cameras, cfg: Config, bg: torch.Tensor, cache: ImageCache |
 
 
 def train_rgb(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device,
-              init_ply: str | None = None) -> dict:
-    """Run (or resume) stage 0 and return its summary. ``begin_stage`` must have been called."""
+              init_ply: str | None = None, ranks: Ranks | None = None) -> dict:
+    """Run (or resume) stage 0 and return its summary. ``begin_stage`` must have been called. Under
+    torchrun every rank calls this with its ``ranks`` (scene/distributed.py); rank 0 writes."""
+    ranks = ranks or Ranks(device=device)
     out_dir = Path(run_dir) / STAGE
     r = cfg.rgb
     extent = float(scene.cameras_extent)
@@ -123,6 +126,7 @@ def train_rgb(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device
         gen.set_state(ck["extra"]["view_rng"].cpu())  # RNG states are CPU byte tensors (map_location may be CUDA)
         order = ck["extra"]["view_order"].tolist()
         history = list(ck["extra"].get("history", []))
+        _restore_global_rng(ck["extra"], device)
         print(f"[rgb] resuming from {ckpt_path} at step {start}")
     else:
         if r.init == "points" and len(scene.points_xyz) > 0:
@@ -156,28 +160,38 @@ def train_rgb(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device
     cache = ImageCache(device)
     if not train_cams:
         raise ValueError(f"{scene.source_path}: no training views")
+    n_step = views_per_step(r.batch_views, ranks, "rgb")
+    if ck is not None and ck["extra"].get("batch_views", n_step) != n_step:
+        print(f"[rgb] the checkpoint trained {ck['extra']['batch_views']} views per step, now {n_step}")
     t0 = time.time()
     bar = tqdm(range(start, r.iterations), initial=start, total=r.iterations, desc="rgb",
-               disable=not cfg.run.progress, dynamic_ncols=True)
+               disable=not (cfg.run.progress and ranks.is_main), dynamic_ncols=True)
     loss_ema = None
     for step in bar:
-        if not order:
-            order = torch.randperm(len(train_cams), generator=gen).tolist()
-        cam = train_cams[order.pop()]
-        gt = cache.get(cam)
+        cams = []
+        for _ in range(n_step):  # the same draw on every rank
+            if not order:
+                order = torch.randperm(len(train_cams), generator=gen).tolist()
+            cams.append(train_cams[order.pop()])
         lr = expon_lr(step, r.means_lr * extent, r.means_lr_final * extent, r.iterations)
         for g in optimizers["means"].param_groups:
             g["lr"] = lr
         sh_deg = min(step // max(r.sh_degree_interval, 1), r.sh_degree)
         step_bg = torch.rand(3, device=device) if r.random_background else bg
-        out = render(params, cam, bg=step_bg, sh_degree=sh_deg, return_depth=False, **cfg.renderer.kwargs())
-        info = out.info
-        if r.densify.enabled:
-            strategy.step_pre_backward(params, optimizers, state, step, info)
-        l1 = (out.color - gt).abs().mean()
-        loss = (1.0 - r.lambda_dssim) * l1 + r.lambda_dssim * (1.0 - ssim(out.color, gt))
-        loss.backward()
-        if r.densify.enabled:
+        infos, step_loss = [], 0.0
+        for cam in my_share(cams, ranks):  # each view's graph is freed by its own backward
+            gt = cache.get(cam)
+            out = render(params, cam, bg=step_bg, sh_degree=sh_deg, return_depth=False, **cfg.renderer.kwargs())
+            if r.densify.enabled:
+                strategy.step_pre_backward(params, optimizers, state, step, out.info)
+            l1 = (out.color - gt).abs().mean()
+            loss = ((1.0 - r.lambda_dssim) * l1 + r.lambda_dssim * (1.0 - ssim(out.color, gt))) / n_step
+            loss.backward()
+            infos.append(out.info)
+            step_loss += loss.item()
+        step_loss = sum_gradients(list(params.values()), ranks, step_loss)
+        if r.densify.enabled and step < strategy.refine_stop_iter:
+            info = merged_info(infos, cams[0].width, cams[0].height, n_step, ranks)
             strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
         for o in optimizers.values():
             o.step()
@@ -185,33 +199,55 @@ def train_rgb(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device
         if r.densify.enabled:
             _maybe_reset_opacity(params, optimizers, state, step, cfg)
 
-        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+        loss_ema = step_loss if loss_ema is None else 0.9 * loss_ema + 0.1 * step_loss
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss_ema:.4f}", n=int(params["means"].shape[0]))
         done = step + 1
+        if not ranks.is_main:  # evaluation, checkpoints and logs are rank 0's
+            continue
         if r.eval_every and done % r.eval_every == 0 and done < r.iterations:
             ev = evaluate(params, test_cams, cfg, bg)
             history.append({"step": done, **ev})
             if ev.get("n_views"):
                 tqdm.write(f"[rgb] step {done}: test PSNR {ev['psnr']:.2f} SSIM {ev['ssim']:.4f}")
         if r.checkpoint_every and done % r.checkpoint_every == 0 and done < r.iterations:
-            _save_ckpt(ckpt_path, params, optimizers, state, done, gen, order, history)
+            _save_ckpt(ckpt_path, params, optimizers, state, done, gen, order, history, n_step)
     bar.close()
 
     params_final = {k: v.detach() for k, v in params.items()}
+    if not ranks.is_main:
+        return {"iterations": r.iterations, "n_gaussians": int(params_final["means"].shape[0]), "rank": ranks.rank}
     save_ply(out_dir / "point_cloud.ply", params_final)
     ev_test = evaluate(params_final, test_cams, cfg, bg)
     ev_train = evaluate(params_final, train_cams[:: max(1, len(train_cams) // 8)], cfg, bg, cache)
     history.append({"step": r.iterations, **ev_test})
     write_json(out_dir / "eval.json", {"final": {"test": ev_test, "train_subset": ev_train}, "history": history})
-    _save_ckpt(ckpt_path, params, optimizers, state, r.iterations, gen, order, history)
+    _save_ckpt(ckpt_path, params, optimizers, state, r.iterations, gen, order, history, n_step)
     return {"iterations": r.iterations, "n_gaussians": int(params_final["means"].shape[0]),
+            "views_per_step": n_step, "ranks": ranks.world,
             "test": ev_test, "train_subset": ev_train, "seconds_this_run": round(time.time() - t0, 1)}
 
 
-def _save_ckpt(path, params, optimizers, state, step, gen, order, history):
+def _global_rng(device) -> dict:
+    """The global RNG states (densification's split offsets and random backgrounds draw from them), so
+    that a resumed run continues the uninterrupted one's stream."""
+    out = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _restore_global_rng(extra: dict, device) -> None:
+    if "torch_rng" in extra:
+        torch.set_rng_state(extra["torch_rng"].cpu())
+    if device.type == "cuda" and "cuda_rng" in extra:
+        torch.cuda.set_rng_state(extra["cuda_rng"].cpu(), device)
+
+
+def _save_ckpt(path, params, optimizers, state, step, gen, order, history, batch_views):
     strategy_state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) or v is None
                       or isinstance(v, (int, float))}
+    device = params["means"].device
     save_checkpoint(path, params, step, optimizers=optimizers, strategy_state=strategy_state,
                     extra={"view_rng": gen.get_state(), "view_order": torch.tensor(order, dtype=torch.long),
-                           "history": history})
+                           "history": history, "batch_views": batch_views, **_global_rng(device)})
