@@ -6,7 +6,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("arguments", "gaussian_renderer", "scene", "preprocess", "stages")
-ENTRY_POINTS = ("train", "query", "render", "eval_lerf", "eval_scannet", "viewer")
+ENTRY_POINTS = ("train", "query", "render", "eval_lerf", "eval_scannet", "viewer", "sweep")
 LEAVES = ("scene.atomic", "scene.names", "scene.errors")  # dependency-free helpers every layer may use
 
 # what each layer may import besides itself and the leaves (docs/layers.md)
