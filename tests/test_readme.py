@@ -64,6 +64,8 @@ SKIP = [
     (r"\bpython3? script/viewer_screenshot\.py\b", "needs Chromium (tests/test_viewer.py runs its driver)", False),
     (r"^ssh\b", "an SSH tunnel to another machine", False),
     (r"\bpython3? -m preprocess\.capture\b", "structure from motion of a capture (tests/test_capture.py runs it)", True),
+    (r"^torchrun\b", "several processes (tests/test_data_parallel.py runs train.py under torchrun)", False),
+    (r"\bpython3? sweep\.py\b", "a grid of trainings on Ray / Slurm (tests/test_sweep.py runs one)", True),
 ]
 # README commands that run a script or CLI of this repo
 REPO_COMMAND = re.compile(r"(^|[\s;&|(])(bash script/\w+\.sh|python3? (train|query|render|eval_lerf)\.py"
