@@ -130,6 +130,9 @@ class MappingConfig:
     mlp_batch_size: int = F(64, "mlp: batch size (COS3D: 64)", min=1)
     mlp_hidden: list[int] = F([32, 64, 128, 256, 256], "mlp: hidden widths of the decoder (COS3D: 32 64 128 256 256)")
     mlp_cos_weight: float = F(0.001, "mlp: loss = MSE + w * (1 - cosine) (COS3D: 0.001)")
+    factored: bool = F(True, "kernel: keep the field factored (top-k anchor weights + neighbour lists, exact, "
+                             "docs/method.md §4.5): a query costs O(N (top_k + smooth_k)), not O(N x 512); "
+                             "false: the dense N x 512 field in half floats (the release's form)")
 
 
 @dataclass

@@ -1,12 +1,17 @@
-"""Query latency (text embedding -> 3D selection incl. refinement) against the number of Gaussians.
+"""Query latency (text embedding -> 3D selection incl. refinement) against the number of Gaussians, with the
+language field dense (N x 512, the release's form) and factored (scene/language_field.py, the default).
 
     python benchmarks/query_latency.py [--sizes 100000 1000000] [--device cpu|cuda] [--queries 5]
 
 A scene-like field is synthesised: Gaussians in `--instances` tight instance clusters (16-D unit
-features, spread like a trained instance field, d = median spread), each instance with its own
-512-D language vector + noise (CLIP-like image-text cosine ~0.3) and random opacities. Every query
-is one instance's name vector. Times the relevancy (1 query vs N, 4 negatives), the rescale and the
-collaborative refinement, and reports the median per query.
+features, spread like a trained instance field, d = median spread), 20 mask anchors per instance
+around its centre, each anchor's 512-D CLIP row its instance's name vector + a shared offset + noise
+(CLIP-like image-text cosine ~0.3), centres in one blob per instance, random opacities. The kernel
+field (top-25 anchors, sigma 0.1, 10-NN smoothing) is built once in factored form; the dense twin is
+its N x 512 float32 materialisation (what the dense path holds in memory). Every query is one
+instance's name vector. Times the relevancy + rescale (1 query vs N, 4 negatives) of each form and
+the collaborative refinement (the same for both), reports the median per query, and checks that both
+forms select the same Gaussians.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from scene.grounding import relevancy, rescale, select
+from scene.language_field import DenseField, factor_kernel_field
+from scene.mapping import anchor_topk, knn_indices
 
 
 def make_field(n: int, instances: int, device, seed: int = 0):
@@ -26,13 +33,18 @@ def make_field(n: int, instances: int, device, seed: int = 0):
     centres = F.normalize(torch.randn(instances, 16, generator=g), dim=-1)
     label = torch.randint(0, instances, (n,), generator=g)
     feats = F.normalize(centres[label] + 0.03 * torch.randn(n, 16, generator=g), dim=-1)
+    a_label = torch.arange(instances).repeat_interleave(20)
+    anchors = centres[a_label] + 0.02 * torch.randn(a_label.shape[0], 16, generator=g)
     text = F.normalize(torch.randn(instances + 4, 512, generator=g), dim=-1)  # names + 4 negatives
     gap = F.normalize(torch.randn(512, generator=g), dim=0)
-    lang = F.normalize(0.3 * text[label] + 0.95 * gap + 0.02 * torch.randn(n, 512, generator=g), dim=-1)
+    clip = F.normalize(0.3 * text[a_label] + 0.95 * gap + 0.02 * torch.randn(a_label.shape[0], 512, generator=g), dim=-1)
+    xyz = 3.0 * torch.randn(instances, 3, generator=g)[label] + 0.1 * torch.randn(n, 3, generator=g)
     opacity = torch.rand(n, generator=g)
     d = float((feats - centres[label]).norm(dim=-1).median())
-    return (feats.to(device), lang.half().to(device), opacity.to(device), d,
-            text[:instances].to(device), text[instances:].to(device))
+    feats, anchors, clip, xyz = (t.to(device) for t in (feats, anchors, clip, xyz))
+    field = factor_kernel_field(feats, anchors, clip, 25, 0.1, knn_indices(xyz, 10),
+                                topk_fn=lambda f: anchor_topk(f, anchors, 25))
+    return feats, field, opacity.to(device), d, text[:instances].to(device), text[instances:].to(device)
 
 
 def sync(device):
@@ -41,26 +53,33 @@ def sync(device):
 
 
 def time_queries(n: int, device, n_queries: int = 5, instances: int = 200) -> dict:
-    """Median ms of relevancy + rescale and of the collaborative refinement over ``n_queries``
-    queries (after one warm-up) on a synthesised field of ``n`` Gaussians."""
-    feats, lang, opac, d, names, neg = make_field(n, instances, device)
-    rel_t, ref_t, sel_n = [], [], []
+    """Median ms of relevancy + rescale (dense and factored field) and of the collaborative refinement
+    over ``n_queries`` queries (after one warm-up) on a synthesised field of ``n`` Gaussians."""
+    feats, field, opac, d, names, neg = make_field(n, instances, device)
+    dense = DenseField(field.dense())
+    t = {"dense": [], "factored": [], "refine": []}
+    sel_n, same = [], True
     for q in range(n_queries + 1):  # the first one warms up
+        scores = {}
+        for name, lang in (("dense", dense.values), ("factored", field)):
+            sync(device)
+            t0 = time.perf_counter()
+            scores[name] = rescale(relevancy(lang, names[q:q + 1], neg)[0])
+            sync(device)
+            if q:
+                t[name].append(1e3 * (time.perf_counter() - t0))
         sync(device)
         t0 = time.perf_counter()
-        s = rescale(relevancy(lang, names[q:q + 1], neg)[0])
+        sel = select("collaborative", scores["factored"], feats, opac, d)
         sync(device)
-        t1 = time.perf_counter()
-        sel = select("collaborative", s, feats, opac, d)
-        sync(device)
-        t2 = time.perf_counter()
         if q:
-            rel_t.append(1e3 * (t1 - t0))
-            ref_t.append(1e3 * (t2 - t1))
+            t["refine"].append(1e3 * (time.perf_counter() - t0))
             sel_n.append(int(sel.sum()))
-    return {"n_gaussians": n, "relevancy_ms": statistics.median(rel_t), "refine_ms": statistics.median(ref_t),
-            "total_ms": statistics.median([a + b for a, b in zip(rel_t, ref_t)]),
-            "selected": statistics.median(sel_n)}
+        same &= torch.equal(sel, select("collaborative", scores["dense"], feats, opac, d))
+    med = {k: statistics.median(v) for k, v in t.items()}
+    return {"n_gaussians": n, "dense_ms": med["dense"], "factored_ms": med["factored"], "refine_ms": med["refine"],
+            "total_dense_ms": med["dense"] + med["refine"], "total_factored_ms": med["factored"] + med["refine"],
+            "selected": statistics.median(sel_n), "same_selections": same}
 
 
 def main(argv=None) -> int:
@@ -71,11 +90,14 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda")
     a = p.parse_args(argv)
     device = torch.device(a.device)
-    print(f"device {device}, torch threads {torch.get_num_threads()}")
-    print(f"{'N':>10} {'relevancy ms':>13} {'refine ms':>10} {'total ms':>9} {'selected':>9}")
+    print(f"device {device}, torch threads {torch.get_num_threads()}; relevancy = relevancy + rescale of one query")
+    print(f"{'N':>10} {'dense ms':>9} {'factored ms':>12} {'ratio':>6} {'refine ms':>10} {'total dense':>12} "
+          f"{'total factored':>15} {'selected':>9} {'same':>5}")
     for n in a.sizes:
         r = time_queries(n, device, a.queries, a.instances)
-        print(f"{n:>10} {r['relevancy_ms']:>13.1f} {r['refine_ms']:>10.1f} {r['total_ms']:>9.1f} {r['selected']:>9.0f}")
+        print(f"{n:>10} {r['dense_ms']:>9.1f} {r['factored_ms']:>12.1f} {r['dense_ms'] / r['factored_ms']:>5.1f}x "
+              f"{r['refine_ms']:>10.1f} {r['total_dense_ms']:>12.1f} {r['total_factored_ms']:>15.1f} "
+              f"{r['selected']:>9.0f} {str(r['same_selections']):>5}")
     return 0
 
 

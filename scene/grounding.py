@@ -45,7 +45,7 @@ def _need(cond: bool, msg: str):
 
 
 def relevancy(
-    lang: torch.Tensor,        # [N,C] per-Gaussian language features (unit length)
+    lang,                      # [N,C] per-Gaussian language features (unit length), or a field object
     pos: torch.Tensor,         # [Q,C] query text embeddings (unit length)
     neg: torch.Tensor,         # [Nn,C] canonical-negative embeddings (unit length)
     temperature: float = 10.0,  # LERF: softmax of 10 * cosine
@@ -54,6 +54,8 @@ def relevancy(
 ) -> torch.Tensor:
     """LERF relevancy ``[Q,N]`` in (0,1), computed in chunks of ``chunk_size`` Gaussians.
 
+    ``lang`` is a tensor or a language field of scene/language_field.py (anything with ``dots``: the
+    factored kernel field answers the dot products through its structure, docs/method.md §4.5).
     The pairwise softmax ``exp(a)/(exp(a)+exp(b))`` is evaluated as ``sigmoid(a - b)`` and, as the
     sigmoid is increasing, the min over negatives as ``sigmoid(T (l·t_q - max_n l·t_n))``:
     identical values, no overflow for any temperature. Half-precision inputs are computed in float32.
@@ -61,28 +63,40 @@ def relevancy(
     (docs/method.md §5.1.1; not in the paper): a Gaussian closer to another queried object than to q
     (a red apple's, for "green apple") loses its relevancy to q.
     """
-    for name, t in (("lang", lang), ("pos", pos), ("neg", neg)):
+    field = not isinstance(lang, torch.Tensor)
+    _need(field and hasattr(lang, "dots") or not field and lang.ndim == 2,
+          "relevancy: lang must be a 2-D tensor or a language field")
+    for name, t in (("pos", pos), ("neg", neg)):
         _need(isinstance(t, torch.Tensor) and t.ndim == 2, f"relevancy: {name} must be a 2-D tensor")
     _need(pos.shape[1] == lang.shape[1] and neg.shape[1] == lang.shape[1],
           f"relevancy: feature dims differ: lang {tuple(lang.shape)}, pos {tuple(pos.shape)}, neg {tuple(neg.shape)}")
     _need(neg.shape[0] > 0, "relevancy: at least one negative phrase is needed")
     _need(chunk_size > 0, "relevancy: chunk_size must be positive")
+    Q = pos.shape[0]
+    if field:  # one pass through the structure for the queries and the negatives together
+        sims = lang.dots(torch.cat([pos.float(), neg.float()]).to(lang.device))      # [N, Q + Nn]
+        return _relevancy_of(sims[:, :Q], sims[:, Q:], temperature, contrast)
     dtype = torch.promote_types(lang.dtype, torch.float32)
     pos_t = pos.to(device=lang.device, dtype=dtype).T          # [C,Q]
     neg_t = neg.to(device=lang.device, dtype=dtype).T          # [C,Nn]
     N = lang.shape[0]
-    out = torch.empty(pos.shape[0], N, dtype=dtype, device=lang.device)  # [Q,N]
+    out = torch.empty(Q, N, dtype=dtype, device=lang.device)  # [Q,N]
     for a in range(0, N, chunk_size):
         chunk = lang[a:a + chunk_size].to(dtype)              # [n,C]
-        sim_pos = chunk @ pos_t                                 # [n,Q]
-        sim_neg = (chunk @ neg_t).amax(dim=1, keepdim=True)     # [n,1] hardest negative
-        if contrast and pos.shape[0] > 1:                       # hardest other query, per query
-            top = sim_pos.topk(2, dim=1)                            # [n,2] values / indices
-            first = top.indices[:, :1] == torch.arange(pos.shape[0], device=lang.device)[None, :]  # [n,Q]
-            other = torch.where(first, top.values[:, 1:2], top.values[:, :1])                  # [n,Q]
-            sim_neg = torch.maximum(sim_neg, other)
-        out[:, a:a + chunk_size] = torch.sigmoid(temperature * (sim_pos - sim_neg)).T
+        out[:, a:a + chunk_size] = _relevancy_of(chunk @ pos_t, chunk @ neg_t, temperature, contrast)
     return out
+
+
+def _relevancy_of(sim_pos: torch.Tensor, sim_neg: torch.Tensor, temperature: float, contrast: bool) -> torch.Tensor:
+    """[n,Q] cosines to the queries, [n,Nn] to the negatives -> relevancy [Q,n] (see ``relevancy``)."""
+    hardest = sim_neg.amax(dim=1, keepdim=True)                 # [n,1] hardest negative
+    Q = sim_pos.shape[1]
+    if contrast and Q > 1:                                      # hardest other query, per query
+        top = sim_pos.topk(2, dim=1)                                # [n,2] values / indices
+        first = top.indices[:, :1] == torch.arange(Q, device=sim_pos.device)[None, :]        # [n,Q]
+        other = torch.where(first, top.values[:, 1:2], top.values[:, :1])                     # [n,Q]
+        hardest = torch.maximum(hardest, other)
+    return torch.sigmoid(temperature * (sim_pos - hardest)).T
 
 
 def rescale(r: torch.Tensor) -> torch.Tensor:
@@ -328,16 +342,21 @@ def instance_clusters(feats: torch.Tensor, opacity: torch.Tensor, d: float, mult
     return labels
 
 
-def cluster_features(labels: torch.Tensor, lang: torch.Tensor) -> torch.Tensor:
-    """[K, C]: each cluster's mean language feature (of its Gaussians' rows of ``lang``), unit length."""
+def cluster_features(labels: torch.Tensor, lang, chunk_size: int = 65536) -> torch.Tensor:
+    """[K, C]: each cluster's mean language feature (of its Gaussians' rows of ``lang``, a tensor or a
+    language field), unit length; summed ``chunk_size`` Gaussians at a time."""
     K = int(labels.max()) + 1 if labels.numel() and int(labels.max()) >= 0 else 0
-    ok = labels >= 0
-    sums = torch.zeros((K, lang.shape[1]), dtype=torch.float32, device=lang.device)
-    sums.index_add_(0, labels[ok], lang[ok].float())
+    device = labels.device
+    sums = torch.zeros((K, lang.shape[1]), dtype=torch.float32, device=device)
+    for a in range(0, labels.shape[0], chunk_size):
+        lab = labels[a:a + chunk_size]
+        ok = torch.nonzero(lab >= 0).squeeze(1)
+        rows = lang[a + ok] if isinstance(lang, torch.Tensor) else lang.rows(a + ok)
+        sums.index_add_(0, lab[ok], rows.float().to(device))
     return torch.nn.functional.normalize(sums, dim=-1)
 
 
-def best_clusters(labels: torch.Tensor, lang: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+def best_clusters(labels: torch.Tensor, lang, pos: torch.Tensor, neg: torch.Tensor,
                   temperature: float = 10.0, min_size: int = 1) -> list[torch.Tensor]:
     """Per query of ``pos`` [Q, C]: bool [N], the Gaussians of the cluster of at least ``min_size``
     Gaussians whose mean language feature has the highest relevancy to it (against the negatives

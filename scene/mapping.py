@@ -195,19 +195,48 @@ def kernel_mapping(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_clip: t
     a = anchors.to(device, torch.float32)        # [M,D]
     c = anchor_clip.to(device, torch.float32)    # [M,C]
     k = min(int(top_k), M)
-    rows = max(1, min(int(chunk_size), int(max_block_elems) // M))
     inv_two_s2 = 1.0 / (2.0 * float(sigma) ** 2)
     N = ins_feat.shape[0]
     out = torch.empty(N, c.shape[1], dtype=torch.float32, device=device)
-    for s in range(0, N, rows):
-        f = F.normalize(ins_feat[s:s + rows].float(), dim=-1)      # [n,D]
-        sim, idx = torch.topk(f @ a.T, k, dim=1)                    # [n,k]: smallest d = largest f.a
+    for s in range(0, N, chunk_size):
+        f = F.normalize(ins_feat[s:s + chunk_size].float(), dim=-1)      # [n,D]
+        sim, idx = anchor_topk(f, a, k, max_block_elems)            # [n,k]: smallest d = largest f.a
         dk = 1.0 - sim                                              # [n,k]
         w = torch.softmax(-dk * dk * inv_two_s2, dim=1)             # [n,k]
         # sum_k w_k c_idx_k without materialising [n,k,C]
         acc = F.embedding_bag(idx, c, per_sample_weights=w, mode="sum")   # [n,C]
-        out[s:s + rows] = F.normalize(acc, dim=-1)
+        out[s:s + chunk_size] = F.normalize(acc, dim=-1)
     return out
+
+
+def anchor_topk(f: torch.Tensor, anchors: torch.Tensor, k: int, max_block_elems: int = 1 << 26):
+    """(sim, idx) [n, k]: the ``k`` largest ``f · a`` over the anchors [M, D] for each row of ``f`` [n, D],
+    in row blocks of at most ``max_block_elems // M`` (the [rows, M] block stays bounded)."""
+    n, M = f.shape[0], anchors.shape[0]
+    rows = max(1, int(max_block_elems) // M)
+    sims, idxs = [], []
+    for s in range(0, n, rows):
+        sim, idx = torch.topk(f[s:s + rows] @ anchors.T, k, dim=1)
+        sims.append(sim)
+        idxs.append(idx)
+    return torch.cat(sims), torch.cat(idxs)
+
+
+@torch.no_grad()
+def knn_indices(xyz: torch.Tensor, k: int, chunk_size: int = 65536) -> torch.Tensor:
+    """int64 [N, k] on xyz's device: each point's k nearest points by xyz, itself included (first; ties
+    as scipy's cKDTree), from one tree built on CPU in float64 and queried chunk by chunk with every core."""
+    from scipy.spatial import cKDTree
+
+    N = xyz.shape[0]
+    k = min(int(k), N)
+    pts = xyz.detach().cpu().double().numpy()
+    tree = cKDTree(pts)
+    out = np.empty((N, k), dtype=np.int64)
+    for s in range(0, N, chunk_size):
+        _, idx = tree.query(pts[s:s + chunk_size], k=k, workers=-1)
+        out[s:s + chunk_size] = np.asarray(idx, dtype=np.int64).reshape(-1, k)
+    return torch.from_numpy(out).to(xyz.device)
 
 
 @torch.no_grad()
@@ -217,8 +246,8 @@ def smooth_knn(xyz: torch.Tensor, lang: torch.Tensor, k: int = 10, chunk_size: i
     xyz [N,3] Gaussian centres; lang [N,C] per-Gaussian language features.
     out_i = normalise(mean of lang_j over the k nearest Gaussians j of i by xyz, i itself included),
     always reading the unmodified input, so the result does not depend on chunking or order.
-    KNN: scipy cKDTree on CPU (float64), queried chunk by chunk with workers=-1; the averaging runs
-    on lang's device. k <= 1 returns a copy; k > N uses all N. Returns [N,C] float32.
+    KNN: ``knn_indices`` (scipy cKDTree on CPU, float64); the averaging runs on lang's device, chunk by
+    chunk. k <= 1 returns a copy; k > N uses all N. Returns [N,C] float32.
     """
     if xyz.dim() != 2 or xyz.shape[1] != 3 or lang.dim() != 2 or lang.shape[0] != xyz.shape[0]:
         raise ValueError(f"smooth_knn: expected xyz [N,3] and lang [N,C]; got {tuple(xyz.shape)}, {tuple(lang.shape)}")
@@ -229,15 +258,10 @@ def smooth_knn(xyz: torch.Tensor, lang: torch.Tensor, k: int = 10, chunk_size: i
     src = lang.detach().float()
     if k <= 1:
         return src.clone()
-    from scipy.spatial import cKDTree
-
-    pts = xyz.detach().cpu().double().numpy()
-    tree = cKDTree(pts)
+    idx = knn_indices(xyz, k, chunk_size).to(src.device)
     out = torch.empty_like(src)
     for s in range(0, N, chunk_size):
-        _, idx = tree.query(pts[s:s + chunk_size], k=k, workers=-1)    # [n,k]
-        idx = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(src.device)
-        out[s:s + chunk_size] = F.normalize(F.embedding_bag(idx, src, mode="mean"), dim=-1)   # [n,C]
+        out[s:s + chunk_size] = F.normalize(F.embedding_bag(idx[s:s + chunk_size], src, mode="mean"), dim=-1)
     return out
 
 

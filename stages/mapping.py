@@ -22,13 +22,15 @@ from scene.views import SceneData
 from scene.errors import StageError
 from scene.gaussian_model import describe_torch_load_error, load_ply
 from scene.language_features import check_ids, load_clip, load_seg
-from scene.mapping import PairCollector, fit_mlp, inputs_hash, kernel_mapping, mlp_mapping, smooth_knn
+from scene.language_field import DenseField, KernelField, factor_kernel_field, from_state, to_state
+from scene.mapping import (PairCollector, anchor_topk, fit_mlp, inputs_hash, kernel_mapping, knn_indices, mlp_mapping,
+                           smooth_knn)
 from scene.rundir import check_fresh
 
 from .rendering import render_features
 
 STAGE = "mapping"
-FIELD_VERSION = 1
+FIELD_VERSION = 2  # 2: the kernel field stored factored (scene/language_field.py)
 
 
 def instance_source(run_dir: Path) -> Path:
@@ -70,17 +72,25 @@ def field_hash(cfg: Config, params: dict, pairs: dict) -> str:
     and every mapping setting that changes the result."""
     m = cfg.mapping
     settings = {"v": FIELD_VERSION, "kind": m.kind, "top_k": m.top_k, "sigma": m.sigma, "smooth_k": m.smooth_k,
+                "factored": m.factored and m.kind == "kernel",
                 "mlp": [m.mlp_epochs, m.mlp_lr, m.mlp_batch_size, list(m.mlp_hidden), m.mlp_cos_weight],
                 "seed": cfg.run.seed}
     return inputs_hash(params["ins_feat"], params["means"], pairs["feature"], pairs["clip"], settings)
 
 
-def compute_language_field(cfg: Config, params: dict, pairs: dict) -> torch.Tensor:
-    """[N, C] unit language feature per Gaussian."""
+def compute_language_field(cfg: Config, params: dict, pairs: dict):
+    """The language field of the Gaussians (unit rows): a factored ``KernelField`` (kernel mapping with
+    ``mapping.factored``) or a ``DenseField`` [N, C] (scene/language_field.py)."""
     m = cfg.mapping
     feats = params["ins_feat"]
     anchors = pairs["feature"].to(feats.device)
     clips = pairs["clip"].to(feats.device)
+    if m.kind == "kernel" and m.factored:
+        a = anchors.float()
+        k = min(m.top_k, a.shape[0])
+        nbr = knn_indices(params["means"], m.smooth_k, m.chunk_size) if m.smooth_k > 1 else None
+        return factor_kernel_field(feats, anchors, clips, m.top_k, m.sigma, nbr, m.chunk_size,
+                                   topk_fn=lambda f: anchor_topk(f, a, k))
     if m.kind == "kernel":
         lang = kernel_mapping(feats, anchors, clips, top_k=m.top_k, sigma=m.sigma, chunk_size=m.chunk_size)
     elif m.kind == "mlp":
@@ -92,7 +102,11 @@ def compute_language_field(cfg: Config, params: dict, pairs: dict) -> torch.Tens
         raise StageError(f"mapping.kind must be 'kernel' or 'mlp', got {m.kind!r}")
     if m.smooth_k > 1:
         lang = smooth_knn(params["means"], lang, k=m.smooth_k, chunk_size=m.chunk_size)
-    return lang
+    return DenseField(lang)
+
+
+def save_field(path: Path, cfg: Config, field, digest: str) -> None:
+    torch_save({"version": FIELD_VERSION, "hash": digest, "kind": cfg.mapping.kind, **to_state(field)}, path)
 
 
 def run_mapping(cfg: Config, run_dir: Path, scene: SceneData, device) -> dict:
@@ -103,10 +117,9 @@ def run_mapping(cfg: Config, run_dir: Path, scene: SceneData, device) -> dict:
     torch_save({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in pairs.items()}, out_dir / "pairs.pt")
     t1 = time.time()
     lang = compute_language_field(cfg, params, pairs)
-    torch_save({"version": FIELD_VERSION, "hash": field_hash(cfg, params, pairs), "kind": cfg.mapping.kind,
-                "language": lang.half().cpu()}, out_dir / "language_field.pt")
+    save_field(out_dir / "language_field.pt", cfg, lang, field_hash(cfg, params, pairs))
     return {"n_pairs": int(pairs["feature"].shape[0]), "median_distance": float(pairs["median_distance"]),
-            "n_gaussians": int(lang.shape[0]), "kind": cfg.mapping.kind,
+            "n_gaussians": int(lang.shape[0]), "kind": cfg.mapping.kind, "factored": isinstance(lang, KernelField),
             "seconds_pairs": round(t1 - t0, 1), "seconds_field": round(time.time() - t1, 1)}
 
 
@@ -118,9 +131,10 @@ def _load(path: Path) -> dict:
                          f"`python train.py --stage mapping -m {path.parent.parent} --force`") from None
 
 
-def load_language_field(cfg: Config, run_dir: Path, params: dict) -> tuple[torch.Tensor, float]:
-    """The cached language field and d; recomputed (and re-cached) when a query-time mapping setting
-    changed. The mapping stage must be finished and made from the current instance field."""
+def load_language_field(cfg: Config, run_dir: Path, params: dict) -> tuple:
+    """(the cached language field, d): a ``KernelField`` or ``DenseField`` on the model's device
+    (scene/language_field.py), recomputed (and re-cached) when a mapping setting it depends on changed.
+    The mapping stage must be finished and made from the current instance field."""
     out_dir = Path(run_dir) / STAGE
     check_fresh(run_dir, "instance", "rgb", "query")
     check_fresh(run_dir, STAGE, "instance", "query")
@@ -128,11 +142,12 @@ def load_language_field(cfg: Config, run_dir: Path, params: dict) -> tuple[torch
     want = field_hash(cfg, params, pairs)
     path = out_dir / "language_field.pt"
     cached = _load(path) if path.is_file() else None
+    device = params["means"].device
     if cached is None or cached.get("hash") != want:
         print(f"[query] {path.name} was made with other mapping settings: recomputing")
         lang = compute_language_field(cfg, params, pairs)
-        torch_save({"version": FIELD_VERSION, "hash": want, "kind": cfg.mapping.kind, "language": lang.half().cpu()},
-                   path)
-    else:
-        lang = cached["language"]
-    return lang.to(params["means"].device).float(), float(pairs["median_distance"])
+        save_field(path, cfg, lang, want)
+        if isinstance(lang, DenseField):  # what a later load returns: the half-float values
+            lang = from_state(to_state(lang), device)
+        return lang, float(pairs["median_distance"])
+    return from_state(cached, device), float(pairs["median_distance"])

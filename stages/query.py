@@ -80,7 +80,7 @@ def build_encoder(cfg: Config, run_dir: Path | None = None):
 class QueryModel:
     """What every prompt is answered from: the instance model, its language field and derived values."""
     params: dict             # the instance model (instance/point_cloud.ply), on the query device
-    lang: torch.Tensor       # [N, C] language field
+    lang: object             # the language field [N, C]: a KernelField or DenseField (scene/language_field.py)
     d: float                 # median instance-feature distance of the mapping pairs
     feats: torch.Tensor      # [N, D] unit instance features
     opacity: torch.Tensor    # [N] activated opacities

@@ -41,5 +41,5 @@ def point_scores(cfg: Config, run_dir: Path, labels_ply: Path, device, classes=N
     lang, _ = load_language_field(cfg, run_dir, params)
     enc, _ = build_encoder(cfg, run_dir)
     text = enc.encode([NYU40_NAMES[c] for c in classes]).to(lang.device).float()
-    scores = F.normalize(lang.float(), dim=-1) @ F.normalize(text, dim=-1).T
+    scores = lang.dots(F.normalize(text, dim=-1))  # [N, K]: the field's rows are unit vectors
     return scores.cpu().numpy().astype(np.float32), params["opacities"].reshape(-1).cpu().numpy()

@@ -71,7 +71,7 @@ def _subset(qm: QueryModel, keep: torch.Tensor) -> QueryModel:
     """The query model of the Gaussians ``keep`` (index tensor) only. Its cache starts afresh (cluster
     labels and distances are of the whole model), except the per-Gaussian mask coverage, cut to ``keep``."""
     cache = {"coverage": qm.cache["coverage"][keep.to(qm.cache["coverage"].device)]} if "coverage" in qm.cache else {}
-    return dataclasses.replace(qm, params={k: v[keep] for k, v in qm.params.items()}, lang=qm.lang[keep],
+    return dataclasses.replace(qm, params={k: v[keep] for k, v in qm.params.items()}, lang=qm.lang.subset(keep),
                                feats=qm.feats[keep], opacity=qm.opacity[keep], cache=cache)
 
 

@@ -18,6 +18,7 @@ import torch
 
 import query
 import stages.mapping as mapping_stage
+from scene.language_field import from_state
 from arguments import apply_overrides, read_saved_config
 from preprocess.synthetic import generate_scene
 from train import main as train_main
@@ -117,8 +118,15 @@ def dense_field(ins_feat, means, anchors, clips, top_k, sigma, smooth_k, tie=1e-
     return sm, ok_sm
 
 
+def stored(run):
+    """The cached field as a dense [N, C] float32 tensor."""
+    return from_state(torch.load(field_file(run), weights_only=True)).dense()
+
+
 def assert_field(lang, ref_ok, atol):
     ref, ok = ref_ok
+    if not isinstance(lang, torch.Tensor):  # a language field (scene/language_field.py)
+        lang = lang.dense()
     assert tuple(lang.shape) == ref.shape
     assert ok.mean() > 0.8, ok.mean()                      # nearly every row is unambiguous
     err = np.abs(lang.double().numpy() - ref).max(axis=1)
@@ -139,9 +147,10 @@ def test_cached_field_is_the_method_applied_to_its_inputs(run):
     instance features over this run's pairs (so a reuse returns the right thing)."""
     params, pairs, cfg = model(run), pairs_of(run), cfg_of(run)
     m = cfg.mapping
-    cached = torch.load(field_file(run), weights_only=True)["language"]
-    assert cached.dtype == torch.float16
-    assert_field(cached, ref_cfg(params, pairs, cfg), 2e-3)          # fp16 storage
+    saved = torch.load(field_file(run), weights_only=True)
+    assert saved["form"] == "kernel" and saved["idx"].shape[1] == m.top_k and saved["nbr"].shape[1] == m.smooth_k
+    cached = from_state(saved).dense()
+    assert_field(cached, ref_cfg(params, pairs, cfg), 1e-5)          # factored: float32, exact
     # and it is not the field of other settings (the comparison above can tell them apart)
     other, _ = ref_of(params, pairs, 3, m.sigma, 1)
     assert np.abs(cached.double().numpy() - other).max() > 0.05
@@ -150,10 +159,10 @@ def test_cached_field_is_the_method_applied_to_its_inputs(run):
 def test_unchanged_inputs_reuse_the_cache(run, computes, capsys):
     before = snapshot(run)
     cfg, params = cfg_of(run), model(run)
-    cached = torch.load(field_file(run), weights_only=True)["language"].float()
+    cached = stored(run)
     for _ in range(2):
         lang, d = mapping_stage.load_language_field(cfg, run, params)
-        assert torch.equal(lang, cached)
+        assert torch.equal(lang.dense(), cached)
         assert d == pytest.approx(float(pairs_of(run)["median_distance"]))
     assert computes == [] and snapshot(run) == before
     # through the query command as well
@@ -169,10 +178,10 @@ def test_unchanged_inputs_reuse_the_cache(run, computes, capsys):
 ])
 def test_settings_the_field_does_not_depend_on_reuse_it(run, computes, override):
     before = snapshot(run)
-    cached = torch.load(field_file(run), weights_only=True)["language"].float()
+    cached = stored(run)
     lang, _ = mapping_stage.load_language_field(cfg_of(run, override), run, model(run))
     assert computes == [] and snapshot(run) == before
-    assert torch.equal(lang, cached)
+    assert torch.equal(lang.dense(), cached)
 
 
 @pytest.mark.parametrize("override, top_k, sigma, smooth_k", [
@@ -192,17 +201,17 @@ def test_changed_kernel_setting_recomputes_with_the_new_value(run, computes, ove
     saved = torch.load(field_file(run), weights_only=True)
     assert saved["hash"] != torch.load(io.BytesIO(before[0]), weights_only=True)["hash"]
     ref = ref_of(params, pairs, top_k, sigma, smooth_k)
-    assert_field(lang, ref, 1e-4)                                   # with the NEW setting
-    assert_field(saved["language"], ref, 2e-3)
+    assert_field(lang, ref, 1e-5)                                   # with the NEW setting
+    assert_field(from_state(saved), ref, 1e-5)
     # the same changed setting again: the new cache is reused
     again, _ = mapping_stage.load_language_field(cfg_of(run, override), run, model(run))
-    assert len(computes) == 1 and torch.equal(again, saved["language"].float())
+    assert len(computes) == 1 and torch.equal(again.dense(), from_state(saved).dense())
     # back to the run's own settings: recomputed again, to the original field
     back, _ = mapping_stage.load_language_field(cfg_of(run), run, model(run))
     assert len(computes) == 2
     orig = torch.load(io.BytesIO(before[0]), weights_only=True)
     assert torch.load(field_file(run), weights_only=True)["hash"] == orig["hash"]
-    assert (back - orig["language"].float()).abs().max() < 2e-3
+    assert (back.dense() - from_state(orig).dense()).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("override", ["mapping.kind=mlp", "mapping.mlp_epochs=3", "mapping.mlp_lr=0.01",
@@ -260,7 +269,7 @@ def test_missing_or_foreign_cache_is_recomputed(run, computes):
     ref = ref_cfg(params, pairs, cfg)
     # a field of another run (other hash, other values) put in place: never returned
     saved = torch.load(field_file(run), weights_only=True)
-    torch.save({**saved, "hash": "0" * 64, "language": torch.zeros_like(saved["language"])}, field_file(run))
+    torch.save({**saved, "hash": "0" * 64, "weight": torch.zeros_like(saved["weight"])}, field_file(run))
     lang, _ = mapping_stage.load_language_field(cfg, run, params)
     assert len(computes) == 1
     assert_field(lang, ref, 1e-4)

@@ -127,8 +127,8 @@ def test_a_768_d_feature_space_through_training_and_the_query(tmp_path):
     from scene_factory import TINY_SCENE, train_tiny_run
 
     run = train_tiny_run(tmp_path, "wide", scene={**TINY_SCENE, "text_dim": 768})
-    field = torch.load(run / "mapping" / "language_field.pt", map_location="cpu", weights_only=True)
-    lang = field["language"]
+    from scene.language_field import from_state
+    lang = from_state(torch.load(run / "mapping" / "language_field.pt", map_location="cpu", weights_only=True))
     assert lang.shape[-1] == 768
     cats = json.loads((tmp_path / "data" / "wide" / "queries.json").read_text())["queries"]
     assert query.main(["-m", str(run), "--query", cats[0]]) == 0

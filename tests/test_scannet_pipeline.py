@@ -20,6 +20,7 @@ import torch
 import eval_scannet
 from scene.encoders import HashTextEncoder
 from scene.gaussian_model import load_ply
+from scene.language_field import from_state
 from scene.scannet import NYU40_NAMES, SCANNET_SCENES, SUBSETS, labels_path, read_points, read_vertex_labels
 from scene_factory import one_line_error
 
@@ -43,7 +44,7 @@ def scannet(tmp_path_factory):
 def _reference(run: Path, src: Path, subset: int) -> tuple[float, float]:
     """The protocol by hand: numpy over the run's files."""
     params = load_ply(run / "instance" / "point_cloud.ply")
-    lang = torch.load(run / "mapping" / "language_field.pt", weights_only=True)["language"].float().numpy()
+    lang = from_state(torch.load(run / "mapping" / "language_field.pt", weights_only=True)).dense().numpy()
     classes = SUBSETS[subset]
     text = HashTextEncoder().encode_numpy([NYU40_NAMES[c] for c in classes])
     lang = lang / np.linalg.norm(lang, axis=1, keepdims=True)

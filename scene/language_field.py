@@ -1,0 +1,210 @@
+"""The per-Gaussian language field, stored and queried in its factored form (docs/method.md §4.5).
+
+The kernel field (docs/method.md §4.2-4.3) is structured: Gaussian j's unsmoothed vector is a
+normalised weighted sum of ``top_k`` anchors' CLIP vectors, ``L0_j = Σ_k w_jk c_a(j,k) / n_j``, and
+the field is the normalised sum over its ``smooth_k`` nearest Gaussians, ``L_i = Σ_{j∈nbr(i)} L0_j /
+m_i`` (the mean's 1/K cancels in the normalisation). A query only needs dot products with a few text
+vectors t, so
+
+    L_i · t = (1 / m_i) Σ_{j∈nbr(i)} Σ_k (w_jk / n_j) (c_a(j,k) · t)
+
+is evaluated anchors x texts first ([M, Q]), then the top-k weights (one ``embedding_bag``) and the
+neighbour sum (a second one): O(M·C·Q + N·(top_k + smooth_k)·Q) instead of O(N·C·Q), and the dense
+N x 512 field is never stored. ``KernelField`` holds ``anchor_clip [M, C]``, ``idx [N, k]`` (int32),
+``weight [N, k]`` (= w / n, float32), ``nbr [N, K]`` (int32, itself included; None without
+smoothing) and ``scale [N]`` (= 1 / m). ``DenseField`` wraps an [N, C] tensor (the MLP mapping's
+field, and the reference the tests compare with). Both answer ``dots`` (the relevancy's input),
+``rows`` (dense vectors of some Gaussians, e.g. for a cluster's mean), ``subset`` and ``dense``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NORM_EPS = 1e-12   # F.normalize's eps, as the dense computation (scene/mapping.py)
+
+
+class DenseField:
+    """An [N, C] language field held as a tensor (any float dtype; computed in float32)."""
+
+    def __init__(self, values: torch.Tensor):
+        if values.dim() != 2:
+            raise ValueError(f"DenseField: expected [N, C], got {tuple(values.shape)}")
+        self.values = values
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.values.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def dots(self, vectors: torch.Tensor, chunk_size: int = 262144) -> torch.Tensor:
+        """[N, Q] = L · vectorsᵀ in float32, in chunks of ``chunk_size`` Gaussians."""
+        v = vectors.to(self.device, torch.float32).T
+        out = torch.empty(self.shape[0], v.shape[1], dtype=torch.float32, device=self.device)
+        for a in range(0, self.shape[0], chunk_size):
+            out[a:a + chunk_size] = self.values[a:a + chunk_size].float() @ v
+        return out
+
+    def rows(self, index) -> torch.Tensor:
+        return self.values[index].float()
+
+    def subset(self, keep: torch.Tensor) -> "DenseField":
+        return DenseField(self.values[keep])
+
+    def dense(self, chunk_size: int = 65536) -> torch.Tensor:
+        return self.values.float()
+
+
+class KernelField:
+    """The kernel field in factored form (module docstring). Tensors on one device."""
+
+    def __init__(self, anchor_clip: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
+                 nbr: torch.Tensor | None = None, scale: torch.Tensor | None = None):
+        N = idx.shape[0]
+        if idx.shape != weight.shape or anchor_clip.dim() != 2 or (nbr is None) != (scale is None):
+            raise ValueError(f"KernelField: idx {tuple(idx.shape)} / weight {tuple(weight.shape)} differ, or "
+                             f"anchor_clip is not [M, C], or only one of nbr / scale is given")
+        if nbr is not None and (nbr.shape[0] != N or scale.shape != (N,)):
+            raise ValueError(f"KernelField: nbr {tuple(nbr.shape)} / scale {tuple(scale.shape)} do not fit N = {N}")
+        self.anchor_clip, self.idx, self.weight, self.nbr, self.scale = anchor_clip, idx, weight, nbr, scale
+
+    @property
+    def shape(self) -> tuple:
+        return (self.idx.shape[0], self.anchor_clip.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.idx.device
+
+    def to(self, device) -> "KernelField":
+        move = (lambda t: None if t is None else t.to(device))
+        return KernelField(*(move(t) for t in (self.anchor_clip, self.idx, self.weight, self.nbr, self.scale)))
+
+    def state(self) -> dict:
+        return {"anchor_clip": self.anchor_clip, "idx": self.idx, "weight": self.weight, "nbr": self.nbr,
+                "scale": self.scale}
+
+    def dots(self, vectors: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
+        """[N, Q] = L · vectorsᵀ through the structure (float32)."""
+        per_anchor = self.anchor_clip.float() @ vectors.to(self.device, torch.float32).T          # [M, Q]
+        raw = F.embedding_bag(self.idx, per_anchor, per_sample_weights=self.weight, mode="sum")  # [N, Q]
+        if self.nbr is None:
+            return raw
+        return F.embedding_bag(self.nbr, raw, mode="sum") * self.scale[:, None]
+
+    def unsmoothed(self, index) -> torch.Tensor:
+        """[n, C] L0 of the Gaussians ``index`` (long [n])."""
+        return F.embedding_bag(self.idx[index], self.anchor_clip.float(), per_sample_weights=self.weight[index],
+                               mode="sum")
+
+    def rows(self, index) -> torch.Tensor:
+        """[n, C] dense L of the Gaussians ``index`` (a long index or a bool mask)."""
+        index = torch.as_tensor(index, device=self.device)
+        if index.dtype == torch.bool:
+            index = torch.nonzero(index).squeeze(1)
+        if self.nbr is None:
+            return self.unsmoothed(index)
+        nb = self.nbr[index].long()                                            # [n, K]
+        l0 = self.unsmoothed(nb.reshape(-1)).reshape(nb.shape[0], nb.shape[1], -1)
+        return l0.sum(dim=1) * self.scale[index, None]
+
+    def dense(self, chunk_size: int = 65536) -> torch.Tensor:
+        """[N, C] float32: the whole field (the reference; memory N x C)."""
+        N = self.shape[0]
+        return torch.cat([self.rows(torch.arange(a, min(a + chunk_size, N), device=self.device))
+                          for a in range(0, N, chunk_size)]) if N else torch.zeros(self.shape)
+
+    def subset(self, keep: torch.Tensor) -> "SubsetField":
+        return SubsetField(self, keep)
+
+
+class SubsetField:
+    """The rows ``keep`` of a field (the viewer's model after Remove): the parent's values, unchanged."""
+
+    def __init__(self, parent, keep: torch.Tensor):
+        keep = torch.as_tensor(keep, device=parent.device)
+        self.parent = parent
+        self.keep = torch.nonzero(keep).squeeze(1) if keep.dtype == torch.bool else keep.long()
+
+    @property
+    def shape(self) -> tuple:
+        return (self.keep.shape[0], self.parent.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.parent.device
+
+    def dots(self, vectors: torch.Tensor, chunk_size: int = 262144) -> torch.Tensor:
+        return self.parent.dots(vectors)[self.keep]
+
+    def rows(self, index) -> torch.Tensor:
+        return self.parent.rows(self.keep[torch.as_tensor(index, device=self.device)])
+
+    def subset(self, keep: torch.Tensor) -> "SubsetField":
+        keep = torch.as_tensor(keep, device=self.device)
+        return SubsetField(self.parent, self.keep[keep])
+
+    def dense(self, chunk_size: int = 65536) -> torch.Tensor:
+        return torch.cat([self.rows(torch.arange(a, min(a + chunk_size, self.shape[0]), device=self.device))
+                          for a in range(0, self.shape[0], chunk_size)])
+
+
+@torch.no_grad()
+def factor_kernel_field(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_clip: torch.Tensor,
+                        top_k: int, sigma: float, nbr: torch.Tensor | None, chunk_size: int = 65536,
+                        topk_fn=None) -> KernelField:
+    """The kernel field of docs/method.md §4.2-4.3 in factored form. ``topk_fn(f_unit [n, D]) -> (sim,
+    idx) [n, k]`` finds each Gaussian's most similar anchors (scene/mapping.py: ``anchor_topk``);
+    ``nbr`` [N, K] the Gaussians' nearest neighbours in xyz (itself included) or None."""
+    device = ins_feat.device
+    c = anchor_clip.to(device, torch.float32)
+    M = c.shape[0]
+    k = min(int(top_k), M)
+    inv_two_s2 = 1.0 / (2.0 * float(sigma) ** 2)
+    N = ins_feat.shape[0]
+    idx = torch.empty(N, k, dtype=torch.int64, device=device)
+    weight = torch.empty(N, k, dtype=torch.float32, device=device)
+    for s in range(0, N, chunk_size):
+        f = F.normalize(ins_feat[s:s + chunk_size].float(), dim=-1)
+        sim, ix = topk_fn(f)
+        dk = 1.0 - sim
+        w = torch.softmax(-dk * dk * inv_two_s2, dim=1)
+        norm = F.embedding_bag(ix, c, per_sample_weights=w, mode="sum").norm(dim=-1).clamp_min(NORM_EPS)
+        idx[s:s + chunk_size], weight[s:s + chunk_size] = ix, w / norm[:, None]
+    field = KernelField(c, idx.to(torch.int32), weight)
+    if nbr is None or nbr.shape[1] <= 1:
+        return field
+    # m_i = ||Σ_{j∈nbr(i)} L0_j||: L0 of every Gaussian once (N x C float32, as the dense mapping held),
+    # then the neighbour sums chunk by chunk
+    l0 = torch.empty(N, c.shape[1], dtype=torch.float32, device=device)
+    for s in range(0, N, chunk_size):
+        l0[s:s + chunk_size] = field.unsmoothed(torch.arange(s, min(s + chunk_size, N), device=device))
+    nbr = nbr.to(device, torch.int32)
+    scale = torch.empty(N, dtype=torch.float32, device=device)
+    for s in range(0, N, chunk_size):
+        summed = F.embedding_bag(nbr[s:s + chunk_size], l0, mode="sum")
+        scale[s:s + chunk_size] = 1.0 / summed.norm(dim=-1).clamp_min(NORM_EPS)
+    return KernelField(c, field.idx, weight, nbr, scale)
+
+
+def to_state(field) -> dict:
+    """A field as plain CPU tensors for ``torch.save`` (docs/formats.md §1.7): the factored kernel field
+    as it is (float32 / int32), a dense one in half floats (as the dense cache always was)."""
+    if isinstance(field, KernelField):
+        return {"form": "kernel", **{k: None if v is None else v.cpu() for k, v in field.state().items()}}
+    if isinstance(field, DenseField):
+        return {"form": "dense", "language": field.values.half().cpu()}
+    raise TypeError(f"to_state: not a stored field: {type(field).__name__}")
+
+
+def from_state(state: dict, device="cpu"):
+    """The field ``to_state`` wrote, on ``device`` (a dense one as float32)."""
+    if state.get("form") == "kernel":
+        return KernelField(state["anchor_clip"], state["idx"], state["weight"], state.get("nbr"),
+                           state.get("scale")).to(device)
+    if state.get("form") == "dense" or "language" in state:
+        return DenseField(state["language"].to(device).float())
+    raise ValueError(f"not a language-field state (keys {sorted(state)})")
