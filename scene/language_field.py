@@ -156,8 +156,8 @@ class SubsetField:
 def factor_kernel_field(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_clip: torch.Tensor,
                         top_k: int, sigma: float, nbr: torch.Tensor | None, chunk_size: int = 65536,
                         topk_fn=None) -> KernelField:
-    """The kernel field of docs/method.md §4.2-4.3 in factored form. ``topk_fn(f_unit [n, D]) -> (sim,
-    idx) [n, k]`` finds each Gaussian's most similar anchors (scene/mapping.py: ``anchor_topk``);
+    """The kernel field of docs/method.md §4.2-4.3 in factored form. ``topk_fn(f_unit [N, D]) -> (sim,
+    idx) [N, k]`` finds every Gaussian's most similar anchors, called once (scene/mapping.py: ``anchor_topk``);
     ``nbr`` [N, K] the Gaussians' nearest neighbours in xyz (itself included) or None."""
     device = ins_feat.device
     c = anchor_clip.to(device, torch.float32)
@@ -165,29 +165,29 @@ def factor_kernel_field(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_cl
     k = min(int(top_k), M)
     inv_two_s2 = 1.0 / (2.0 * float(sigma) ** 2)
     N = ins_feat.shape[0]
-    idx = torch.empty(N, k, dtype=torch.int64, device=device)
+    sim_all, idx = topk_fn(F.normalize(ins_feat.float(), dim=-1))   # all rows at once: it bounds its memory
+    smooth = nbr is not None and nbr.shape[1] > 1
     weight = torch.empty(N, k, dtype=torch.float32, device=device)
+    # L0 of every Gaussian (N x C float32, as the dense mapping held) when the smoothing needs its norms
+    l0 = torch.empty(N, c.shape[1], dtype=torch.float32, device=device) if smooth else None
     for s in range(0, N, chunk_size):
-        f = F.normalize(ins_feat[s:s + chunk_size].float(), dim=-1)
-        sim, ix = topk_fn(f)
-        dk = 1.0 - sim
+        dk = 1.0 - sim_all[s:s + chunk_size]
         w = torch.softmax(-dk * dk * inv_two_s2, dim=1)
-        norm = F.embedding_bag(ix, c, per_sample_weights=w, mode="sum").norm(dim=-1).clamp_min(NORM_EPS)
-        idx[s:s + chunk_size], weight[s:s + chunk_size] = ix, w / norm[:, None]
-    field = KernelField(c, idx.to(torch.int32), weight)
-    if nbr is None or nbr.shape[1] <= 1:
-        return field
-    # m_i = ||Σ_{j∈nbr(i)} L0_j||: L0 of every Gaussian once (N x C float32, as the dense mapping held),
-    # then the neighbour sums chunk by chunk
-    l0 = torch.empty(N, c.shape[1], dtype=torch.float32, device=device)
-    for s in range(0, N, chunk_size):
-        l0[s:s + chunk_size] = field.unsmoothed(torch.arange(s, min(s + chunk_size, N), device=device))
+        acc = F.embedding_bag(idx[s:s + chunk_size], c, per_sample_weights=w, mode="sum")   # [n, C]
+        norm = acc.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+        weight[s:s + chunk_size] = w / norm
+        if smooth:
+            l0[s:s + chunk_size] = acc / norm
+    idx = idx.to(torch.int32)
+    if not smooth:
+        return KernelField(c, idx, weight)
+    # m_i = ||Σ_{j∈nbr(i)} L0_j||, chunk by chunk
     nbr = nbr.to(device, torch.int32)
     scale = torch.empty(N, dtype=torch.float32, device=device)
     for s in range(0, N, chunk_size):
         summed = F.embedding_bag(nbr[s:s + chunk_size], l0, mode="sum")
         scale[s:s + chunk_size] = 1.0 / summed.norm(dim=-1).clamp_min(NORM_EPS)
-    return KernelField(c, field.idx, weight, nbr, scale)
+    return KernelField(c, idx, weight, nbr, scale)
 
 
 def to_state(field) -> dict:

@@ -209,13 +209,57 @@ def kernel_mapping(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_clip: t
     return out
 
 
-def anchor_topk(f: torch.Tensor, anchors: torch.Tensor, k: int, max_block_elems: int = 1 << 26):
-    """(sim, idx) [n, k]: the ``k`` largest ``f · a`` over the anchors [M, D] for each row of ``f`` [n, D],
-    in row blocks of at most ``max_block_elems // M`` (the [rows, M] block stays bounded)."""
+def anchor_topk(f: torch.Tensor, anchors: torch.Tensor, k: int, max_block_elems: int = 1 << 26,
+                groups: int = 1024, margin: float = 1e-5, seed: int = 0):
+    """(sim, idx) [n, k]: the ``k`` largest ``f · a`` over the anchors [M, D] for each unit row of ``f``
+    [n, D], exactly, without scoring every anchor against every row when that is large.
+
+    Rows are grouped around ``groups`` centres (rows drawn with a seeded generator; each row joins the
+    most similar one). For a group with mean c and radius r (its farthest row), every row's score obeys
+    ``|f·a - c·a| <= r ||a||`` (Cauchy-Schwarz); if L is the k-th largest lower bound ``c·a - r ||a||``,
+    at least k anchors score >= L for every row of the group, so its top k lie among the anchors whose
+    upper bound reaches L (less ``margin``, for float rounding). Only those are scored. Small problems
+    (n x M <= max_block_elems) and loose groups (more than half the anchors left) score everything;
+    either way the answer is the brute-force one, up to the order of float additions in the products.
+    Row blocks keep every [rows, candidates] product under ``max_block_elems`` floats."""
     n, M = f.shape[0], anchors.shape[0]
-    rows = max(1, int(max_block_elems) // M)
+    if n * M <= max_block_elems or n < 4 * groups:
+        return _topk_blocks(f, anchors, k, max_block_elems)
+    gen = torch.Generator().manual_seed(seed)
+    centres = f[torch.randperm(n, generator=gen)[:groups].to(f.device)]
+    rows_per = max(1, int(max_block_elems) // groups)
+    assign = torch.cat([(f[s:s + rows_per] @ centres.T).argmax(dim=1) for s in range(0, n, rows_per)])
+    order = torch.argsort(assign, stable=True)
+    counts = torch.bincount(assign, minlength=groups).tolist()
+    a_norm = anchors.norm(dim=1)
+    sim_out = torch.empty(n, k, dtype=f.dtype, device=f.device)
+    idx_out = torch.empty(n, k, dtype=torch.int64, device=f.device)
+    start = 0
+    for cnt in counts:
+        rows = order[start:start + cnt]
+        start += cnt
+        if cnt == 0:
+            continue
+        fr = f[rows]
+        centre = fr.mean(dim=0)
+        radius = (fr - centre).norm(dim=1).max()
+        ca = anchors @ centre
+        bound = torch.topk(ca - radius * a_norm, k).values[-1]
+        cand = torch.nonzero(ca + radius * a_norm >= bound - margin).squeeze(1)
+        if cand.numel() > M // 2:
+            sim, idx = _topk_blocks(fr, anchors, k, max_block_elems)
+        else:
+            sim, idx = _topk_blocks(fr, anchors[cand], k, max_block_elems)
+            idx = cand[idx]
+        sim_out[rows], idx_out[rows] = sim, idx
+    return sim_out, idx_out
+
+
+def _topk_blocks(f: torch.Tensor, anchors: torch.Tensor, k: int, max_block_elems: int):
+    """Brute force: the top k of every row of ``f @ anchors.T``, in row blocks of bounded size."""
+    rows = max(1, int(max_block_elems) // max(anchors.shape[0], 1))
     sims, idxs = [], []
-    for s in range(0, n, rows):
+    for s in range(0, f.shape[0], rows):
         sim, idx = torch.topk(f[s:s + rows] @ anchors.T, k, dim=1)
         sims.append(sim)
         idxs.append(idx)

@@ -115,3 +115,21 @@ def test_every_query_selects_the_same_gaussians_as_the_dense_field(tmp_path):
             n_selected += int(sa.sum())
     assert n_selected > 0
     assert query_cli.main(["-m", str(run)]) == 0  # the stage itself answers from the factored field
+
+
+@pytest.mark.parametrize("spread", [0.02, 0.3])
+def test_pruned_anchor_topk_is_the_brute_force_one(spread):
+    """Tight groups (most anchors pruned) and loose ones (the bound prunes little): the same top k."""
+    from scene.mapping import _topk_blocks
+
+    g = torch.Generator().manual_seed(4)
+    centres = F.normalize(torch.randn(50, 16, generator=g), dim=-1)
+    f = F.normalize(centres[torch.randint(0, 50, (20000,), generator=g)] + spread * torch.randn(20000, 16, generator=g), dim=-1)
+    anchors = 0.9 * centres[torch.randint(0, 50, (3000,), generator=g)] + 0.05 * torch.randn(3000, 16, generator=g)
+    s1, i1 = _topk_blocks(f, anchors, 25, 1 << 26)
+    s2, i2 = anchor_topk(f, anchors, 25, max_block_elems=1 << 20, groups=256)   # small blocks: pruning runs
+    assert (s1 - s2).abs().max() < 1e-6
+    # the anchors chosen score the top k scores (rows may only differ by anchors tied to rounding)
+    chosen = (f[:, None, :] * anchors[i2]).sum(-1).sort(dim=1, descending=True).values
+    assert (chosen - s1).abs().max() < 1e-5
+    assert (i1.sort(dim=1).values == i2.sort(dim=1).values).all(dim=1).float().mean() > 0.999
