@@ -43,7 +43,7 @@ def make_field(n: int, instances: int, device, seed: int = 0):
     d = float((feats - centres[label]).norm(dim=-1).median())
     feats, anchors, clip, xyz = (t.to(device) for t in (feats, anchors, clip, xyz))
     field = factor_kernel_field(feats, anchors, clip, 25, 0.1, knn_indices(xyz, 10),
-                                topk_fn=lambda f: anchor_topk(f, anchors, 25))
+                                topk_fn=lambda f: anchor_topk(f, anchors, 25), xyz=xyz)
     return feats, field, opacity.to(device), d, text[:instances].to(device), text[instances:].to(device)
 
 

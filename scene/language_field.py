@@ -59,17 +59,30 @@ class DenseField:
 
 
 class KernelField:
-    """The kernel field in factored form (module docstring). Tensors on one device."""
+    """The kernel field in factored form (module docstring). Tensors on one device.
+
+    ``perm`` (optional, int [N]): the rows are stored in this order of the Gaussians (row r is Gaussian
+    ``perm[r]``; ``nbr`` then holds row numbers), a spatial order in which a Gaussian's neighbours are
+    near it in memory, so the neighbour sum reads from cache. Every method takes and returns Gaussian
+    order; ``row_dots`` and ``inverse`` let the relevancy work in row order and reorder only its result."""
 
     def __init__(self, anchor_clip: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
-                 nbr: torch.Tensor | None = None, scale: torch.Tensor | None = None):
+                 nbr: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                 perm: torch.Tensor | None = None):
         N = idx.shape[0]
         if idx.shape != weight.shape or anchor_clip.dim() != 2 or (nbr is None) != (scale is None):
             raise ValueError(f"KernelField: idx {tuple(idx.shape)} / weight {tuple(weight.shape)} differ, or "
                              f"anchor_clip is not [M, C], or only one of nbr / scale is given")
         if nbr is not None and (nbr.shape[0] != N or scale.shape != (N,)):
             raise ValueError(f"KernelField: nbr {tuple(nbr.shape)} / scale {tuple(scale.shape)} do not fit N = {N}")
+        if perm is not None and perm.shape != (N,):
+            raise ValueError(f"KernelField: perm {tuple(perm.shape)} does not fit N = {N}")
         self.anchor_clip, self.idx, self.weight, self.nbr, self.scale = anchor_clip, idx, weight, nbr, scale
+        self.perm = perm
+        self.inverse = None   # int64 [N]: the row of each Gaussian
+        if perm is not None:
+            self.inverse = torch.empty(N, dtype=torch.int64, device=perm.device)
+            self.inverse[perm.long()] = torch.arange(N, device=perm.device)
 
     @property
     def shape(self) -> tuple:
@@ -81,35 +94,49 @@ class KernelField:
 
     def to(self, device) -> "KernelField":
         move = (lambda t: None if t is None else t.to(device))
-        return KernelField(*(move(t) for t in (self.anchor_clip, self.idx, self.weight, self.nbr, self.scale)))
+        return KernelField(*(move(t) for t in (self.anchor_clip, self.idx, self.weight, self.nbr, self.scale,
+                                               self.perm)))
 
     def state(self) -> dict:
         return {"anchor_clip": self.anchor_clip, "idx": self.idx, "weight": self.weight, "nbr": self.nbr,
-                "scale": self.scale}
+                "scale": self.scale, "perm": self.perm}
 
-    def dots(self, vectors: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
-        """[N, Q] = L · vectorsᵀ through the structure (float32)."""
+    def row_dots(self, vectors: torch.Tensor) -> torch.Tensor:
+        """[N, Q] = L · vectorsᵀ through the structure (float32), in row order."""
         per_anchor = self.anchor_clip.float() @ vectors.to(self.device, torch.float32).T          # [M, Q]
         raw = F.embedding_bag(self.idx, per_anchor, per_sample_weights=self.weight, mode="sum")  # [N, Q]
         if self.nbr is None:
             return raw
         return F.embedding_bag(self.nbr, raw, mode="sum") * self.scale[:, None]
 
-    def unsmoothed(self, index) -> torch.Tensor:
-        """[n, C] L0 of the Gaussians ``index`` (long [n])."""
-        return F.embedding_bag(self.idx[index], self.anchor_clip.float(), per_sample_weights=self.weight[index],
-                               mode="sum")
+    def dots(self, vectors: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
+        """[N, Q] = L · vectorsᵀ (float32), in Gaussian order."""
+        out = self.row_dots(vectors)
+        return out if self.inverse is None else out[self.inverse]
 
-    def rows(self, index) -> torch.Tensor:
-        """[n, C] dense L of the Gaussians ``index`` (a long index or a bool mask)."""
+    def _rows_of(self, index) -> torch.Tensor:
+        """Gaussian ids (long or bool) -> row numbers (long)."""
         index = torch.as_tensor(index, device=self.device)
         if index.dtype == torch.bool:
             index = torch.nonzero(index).squeeze(1)
+        return index.long() if self.inverse is None else self.inverse[index.long()]
+
+    def _unsmoothed(self, rows) -> torch.Tensor:
+        return F.embedding_bag(self.idx[rows], self.anchor_clip.float(), per_sample_weights=self.weight[rows],
+                               mode="sum")
+
+    def unsmoothed(self, index) -> torch.Tensor:
+        """[n, C] L0 of the Gaussians ``index``."""
+        return self._unsmoothed(self._rows_of(index))
+
+    def rows(self, index) -> torch.Tensor:
+        """[n, C] dense L of the Gaussians ``index`` (a long index or a bool mask)."""
+        r = self._rows_of(index)
         if self.nbr is None:
-            return self.unsmoothed(index)
-        nb = self.nbr[index].long()                                            # [n, K]
-        l0 = self.unsmoothed(nb.reshape(-1)).reshape(nb.shape[0], nb.shape[1], -1)
-        return l0.sum(dim=1) * self.scale[index, None]
+            return self._unsmoothed(r)
+        nb = self.nbr[r].long()                                                # [n, K] rows
+        l0 = self._unsmoothed(nb.reshape(-1)).reshape(nb.shape[0], nb.shape[1], -1)
+        return l0.sum(dim=1) * self.scale[r, None]
 
     def dense(self, chunk_size: int = 65536) -> torch.Tensor:
         """[N, C] float32: the whole field (the reference; memory N x C)."""
@@ -119,6 +146,19 @@ class KernelField:
 
     def subset(self, keep: torch.Tensor) -> "SubsetField":
         return SubsetField(self, keep)
+
+
+def spatial_order(xyz: torch.Tensor, bits: int = 10) -> torch.Tensor:
+    """int64 [N]: the Gaussians sorted along a Morton (Z-order) curve of their centres, quantised to
+    2^bits cells per axis of their bounding box (nearby points get nearby positions)."""
+    x = xyz.detach().double()
+    lo, hi = x.min(dim=0).values, x.max(dim=0).values
+    q = ((x - lo) / (hi - lo).clamp_min(1e-12) * ((1 << bits) - 1)).round().long()
+    code = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+    for b in range(bits):
+        for axis in range(3):
+            code |= ((q[:, axis] >> b) & 1) << (3 * b + axis)
+    return torch.argsort(code, stable=True)
 
 
 class SubsetField:
@@ -155,10 +195,11 @@ class SubsetField:
 @torch.no_grad()
 def factor_kernel_field(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_clip: torch.Tensor,
                         top_k: int, sigma: float, nbr: torch.Tensor | None, chunk_size: int = 65536,
-                        topk_fn=None) -> KernelField:
+                        topk_fn=None, xyz: torch.Tensor | None = None) -> KernelField:
     """The kernel field of docs/method.md §4.2-4.3 in factored form. ``topk_fn(f_unit [N, D]) -> (sim,
     idx) [N, k]`` finds every Gaussian's most similar anchors, called once (scene/mapping.py: ``anchor_topk``);
-    ``nbr`` [N, K] the Gaussians' nearest neighbours in xyz (itself included) or None."""
+    ``nbr`` [N, K] the Gaussians' nearest neighbours in xyz (itself included) or None; with ``xyz`` (their
+    centres) the rows are stored in spatial order (``spatial_order``)."""
     device = ins_feat.device
     c = anchor_clip.to(device, torch.float32)
     M = c.shape[0]
@@ -187,7 +228,15 @@ def factor_kernel_field(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_cl
     for s in range(0, N, chunk_size):
         summed = F.embedding_bag(nbr[s:s + chunk_size], l0, mode="sum")
         scale[s:s + chunk_size] = 1.0 / summed.norm(dim=-1).clamp_min(NORM_EPS)
-    return KernelField(c, idx, weight, nbr, scale)
+    del l0
+    if xyz is None:
+        return KernelField(c, idx, weight, nbr, scale)
+    perm = spatial_order(xyz.to(device))                     # rows in space order (KernelField docstring)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(N, device=device)
+    return KernelField(c, idx[perm].contiguous(), weight[perm].contiguous(),
+                       inverse[nbr[perm].long()].to(torch.int32).contiguous(), scale[perm].contiguous(),
+                       perm.to(torch.int32))
 
 
 def to_state(field) -> dict:
@@ -204,7 +253,7 @@ def from_state(state: dict, device="cpu"):
     """The field ``to_state`` wrote, on ``device`` (a dense one as float32)."""
     if state.get("form") == "kernel":
         return KernelField(state["anchor_clip"], state["idx"], state["weight"], state.get("nbr"),
-                           state.get("scale")).to(device)
+                           state.get("scale"), state.get("perm")).to(device)
     if state.get("form") == "dense" or "language" in state:
         return DenseField(state["language"].to(device).float())
     raise ValueError(f"not a language-field state (keys {sorted(state)})")

@@ -90,7 +90,7 @@ def compute_language_field(cfg: Config, params: dict, pairs: dict):
         k = min(m.top_k, a.shape[0])
         nbr = knn_indices(params["means"], m.smooth_k, m.chunk_size) if m.smooth_k > 1 else None
         return factor_kernel_field(feats, anchors, clips, m.top_k, m.sigma, nbr, m.chunk_size,
-                                   topk_fn=lambda f: anchor_topk(f, a, k))
+                                   topk_fn=lambda f: anchor_topk(f, a, k), xyz=params["means"])
     if m.kind == "kernel":
         lang = kernel_mapping(feats, anchors, clips, top_k=m.top_k, sigma=m.sigma, chunk_size=m.chunk_size)
     elif m.kind == "mlp":

@@ -29,21 +29,25 @@ def random_case(n=4000, m=300, d=16, c=512, seed=0):
     return feat, anchors, clip, xyz, text
 
 
-def both(feat, anchors, clip, xyz, top_k=25, sigma=0.1, smooth_k=10):
+def both(feat, anchors, clip, xyz, top_k=25, sigma=0.1, smooth_k=10, spatial=True):
     dense = kernel_mapping(feat, anchors, clip, top_k=top_k, sigma=sigma)
     if smooth_k > 1:
         dense = smooth_knn(xyz, dense, k=smooth_k)
     k = min(top_k, anchors.shape[0])
     nbr = knn_indices(xyz, smooth_k) if smooth_k > 1 else None
-    field = factor_kernel_field(feat, anchors, clip, top_k, sigma, nbr, topk_fn=lambda f: anchor_topk(f, anchors, k))
+    field = factor_kernel_field(feat, anchors, clip, top_k, sigma, nbr, topk_fn=lambda f: anchor_topk(f, anchors, k),
+                                xyz=xyz if spatial else None)
     return DenseField(dense), field
 
 
-@pytest.mark.parametrize("smooth_k", [10, 1])
-def test_relevancy_through_the_structure_equals_the_dense_one(smooth_k):
+@pytest.mark.parametrize("smooth_k, spatial", [(10, True), (10, False), (1, True)])
+def test_relevancy_through_the_structure_equals_the_dense_one(smooth_k, spatial):
     feat, anchors, clip, xyz, text = random_case()
-    dense, field = both(feat, anchors, clip, xyz, smooth_k=smooth_k)
+    dense, field = both(feat, anchors, clip, xyz, smooth_k=smooth_k, spatial=spatial)
     assert isinstance(field, KernelField) and (field.nbr is None) == (smooth_k == 1)
+    assert (field.perm is not None) == (spatial and smooth_k > 1)
+    if field.perm is not None:  # rows really are reordered (the test exercises the reordering)
+        assert not torch.equal(field.perm.long(), torch.arange(feat.shape[0]))
     pos, neg = text[:2], text[2:]
     for contrast in (False, True):
         a = relevancy(dense.values, pos, neg, contrast=contrast)
