@@ -105,7 +105,8 @@ def train_instance(cfg: Config, run_dir: Path, scene: SceneData, device: torch.d
                              f"{c.feature_dim}; the rgb stage changed: use --force")
         start, order = ck["step"], ck["extra"]["view_order"].tolist()
         gen.set_state(ck["extra"]["view_rng"].cpu())  # RNG states are CPU byte tensors, also for CUDA generators
-        print(f"[instance] resuming from {ckpt_path} at step {start}")
+        if ranks.is_main:
+            print(f"[instance] resuming from {ckpt_path} at step {start}")
     else:
         ins_feat = init_features(n, c.feature_dim, gen).to(device).requires_grad_(True)
         start, order, ck = 0, [], None

@@ -127,7 +127,8 @@ def train_rgb(cfg: Config, run_dir: Path, scene: SceneData, device: torch.device
         order = ck["extra"]["view_order"].tolist()
         history = list(ck["extra"].get("history", []))
         _restore_global_rng(ck["extra"], device)
-        print(f"[rgb] resuming from {ckpt_path} at step {start}")
+        if ranks.is_main:
+            print(f"[rgb] resuming from {ckpt_path} at step {start}")
     else:
         if r.init == "points" and len(scene.points_xyz) > 0:
             init = init_from_points(torch.from_numpy(scene.points_xyz), torch.from_numpy(scene.points_rgb),
