@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     _, rows["  (top-k by brute force, for comparison)"] = timed(
         lambda: _topk_blocks(F.normalize(feat, dim=-1), anchors, k, 1 << 26))
     field, rows["factored: build (top-k, weights, norms)"] = timed(
-        lambda: factor_kernel_field(feat, anchors, clip, k, 0.1, nbr, topk_fn=lambda f: anchor_topk(f, anchors, k)))
+        lambda: factor_kernel_field(feat, anchors, clip, k, 0.1, nbr))
     dense_total = sum(v for n, v in rows.items() if n.startswith("dense"))
     fact_total = sum(v for n, v in rows.items() if n.startswith("factored"))
     for name, sec in rows.items():

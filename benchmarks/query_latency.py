@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from scene.grounding import relevancy, rescale, select
 from scene.language_field import DenseField, factor_kernel_field
-from scene.mapping import anchor_topk, knn_indices
+from scene.mapping import knn_indices
 
 
 def make_field(n: int, instances: int, device, seed: int = 0):
@@ -42,8 +42,7 @@ def make_field(n: int, instances: int, device, seed: int = 0):
     opacity = torch.rand(n, generator=g)
     d = float((feats - centres[label]).norm(dim=-1).median())
     feats, anchors, clip, xyz = (t.to(device) for t in (feats, anchors, clip, xyz))
-    field = factor_kernel_field(feats, anchors, clip, 25, 0.1, knn_indices(xyz, 10),
-                                topk_fn=lambda f: anchor_topk(f, anchors, 25), xyz=xyz)
+    field = factor_kernel_field(feats, anchors, clip, 25, 0.1, knn_indices(xyz, 10), xyz=xyz)
     return feats, field, opacity.to(device), d, text[:instances].to(device), text[instances:].to(device)
 
 

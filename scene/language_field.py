@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .mapping import anchor_topk
+
 NORM_EPS = 1e-12   # F.normalize's eps, as the dense computation (scene/mapping.py)
 
 
@@ -140,9 +142,7 @@ class KernelField:
 
     def dense(self, chunk_size: int = 65536) -> torch.Tensor:
         """[N, C] float32: the whole field (the reference; memory N x C)."""
-        N = self.shape[0]
-        return torch.cat([self.rows(torch.arange(a, min(a + chunk_size, N), device=self.device))
-                          for a in range(0, N, chunk_size)]) if N else torch.zeros(self.shape)
+        return _dense_from_rows(self, chunk_size)
 
     def subset(self, keep: torch.Tensor) -> "SubsetField":
         return SubsetField(self, keep)
@@ -188,17 +188,24 @@ class SubsetField:
         return SubsetField(self.parent, self.keep[keep])
 
     def dense(self, chunk_size: int = 65536) -> torch.Tensor:
-        return torch.cat([self.rows(torch.arange(a, min(a + chunk_size, self.shape[0]), device=self.device))
-                          for a in range(0, self.shape[0], chunk_size)])
+        return _dense_from_rows(self, chunk_size)
+
+
+def _dense_from_rows(field, chunk_size: int) -> torch.Tensor:
+    """[N, C] float32 of a field, ``chunk_size`` rows at a time."""
+    N = field.shape[0]
+    if N == 0:
+        return torch.zeros(field.shape, device=field.device)
+    return torch.cat([field.rows(torch.arange(a, min(a + chunk_size, N), device=field.device))
+                      for a in range(0, N, chunk_size)])
 
 
 @torch.no_grad()
 def factor_kernel_field(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_clip: torch.Tensor,
                         top_k: int, sigma: float, nbr: torch.Tensor | None, chunk_size: int = 65536,
-                        topk_fn=None, xyz: torch.Tensor | None = None) -> KernelField:
-    """The kernel field of docs/method.md §4.2-4.3 in factored form. ``topk_fn(f_unit [N, D]) -> (sim,
-    idx) [N, k]`` finds every Gaussian's most similar anchors, called once (scene/mapping.py: ``anchor_topk``);
-    ``nbr`` [N, K] the Gaussians' nearest neighbours in xyz (itself included) or None; with ``xyz`` (their
+                        xyz: torch.Tensor | None = None) -> KernelField:
+    """The kernel field of docs/method.md §4.2-4.3 in factored form. Every Gaussian's most similar anchors
+    come from one call of scene/mapping.py's exact ``anchor_topk``; ``nbr`` [N, K] the Gaussians' nearest neighbours in xyz (itself included) or None; with ``xyz`` (their
     centres) the rows are stored in spatial order (``spatial_order``)."""
     device = ins_feat.device
     c = anchor_clip.to(device, torch.float32)
@@ -206,7 +213,8 @@ def factor_kernel_field(ins_feat: torch.Tensor, anchors: torch.Tensor, anchor_cl
     k = min(int(top_k), M)
     inv_two_s2 = 1.0 / (2.0 * float(sigma) ** 2)
     N = ins_feat.shape[0]
-    sim_all, idx = topk_fn(F.normalize(ins_feat.float(), dim=-1))   # all rows at once: it bounds its memory
+    a = anchors.to(device, torch.float32)
+    sim_all, idx = anchor_topk(F.normalize(ins_feat.float(), dim=-1), a, k)   # all rows at once: it bounds its memory
     smooth = nbr is not None and nbr.shape[1] > 1
     weight = torch.empty(N, k, dtype=torch.float32, device=device)
     # L0 of every Gaussian (N x C float32, as the dense mapping held) when the smoothing needs its norms

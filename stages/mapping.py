@@ -23,8 +23,7 @@ from scene.errors import StageError
 from scene.gaussian_model import describe_torch_load_error, load_ply
 from scene.language_features import check_ids, load_clip, load_seg
 from scene.language_field import DenseField, KernelField, factor_kernel_field, from_state, to_state
-from scene.mapping import (PairCollector, anchor_topk, fit_mlp, inputs_hash, kernel_mapping, knn_indices, mlp_mapping,
-                           smooth_knn)
+from scene.mapping import PairCollector, fit_mlp, inputs_hash, kernel_mapping, knn_indices, mlp_mapping, smooth_knn
 from scene.rundir import check_fresh
 
 from .rendering import render_features
@@ -86,11 +85,8 @@ def compute_language_field(cfg: Config, params: dict, pairs: dict):
     anchors = pairs["feature"].to(feats.device)
     clips = pairs["clip"].to(feats.device)
     if m.kind == "kernel" and m.factored:
-        a = anchors.float()
-        k = min(m.top_k, a.shape[0])
         nbr = knn_indices(params["means"], m.smooth_k, m.chunk_size) if m.smooth_k > 1 else None
-        return factor_kernel_field(feats, anchors, clips, m.top_k, m.sigma, nbr, m.chunk_size,
-                                   topk_fn=lambda f: anchor_topk(f, a, k), xyz=params["means"])
+        return factor_kernel_field(feats, anchors, clips, m.top_k, m.sigma, nbr, m.chunk_size, xyz=params["means"])
     if m.kind == "kernel":
         lang = kernel_mapping(feats, anchors, clips, top_k=m.top_k, sigma=m.sigma, chunk_size=m.chunk_size)
     elif m.kind == "mlp":

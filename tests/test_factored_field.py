@@ -33,10 +33,8 @@ def both(feat, anchors, clip, xyz, top_k=25, sigma=0.1, smooth_k=10, spatial=Tru
     dense = kernel_mapping(feat, anchors, clip, top_k=top_k, sigma=sigma)
     if smooth_k > 1:
         dense = smooth_knn(xyz, dense, k=smooth_k)
-    k = min(top_k, anchors.shape[0])
     nbr = knn_indices(xyz, smooth_k) if smooth_k > 1 else None
-    field = factor_kernel_field(feat, anchors, clip, top_k, sigma, nbr, topk_fn=lambda f: anchor_topk(f, anchors, k),
-                                xyz=xyz if spatial else None)
+    field = factor_kernel_field(feat, anchors, clip, top_k, sigma, nbr, xyz=xyz if spatial else None)
     return DenseField(dense), field
 
 
