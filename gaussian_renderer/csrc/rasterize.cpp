@@ -111,72 +111,115 @@ static void compute_extents(const Scene& S, int64_t N, float* ext, int nthreads)
     }
 }
 
-// Range [lo, hi] (inclusive, clipped to [0, n-1]) of tile pixel rows/cols whose centre lies within
-// `e` of `m`. Empty when lo > hi.
-static COS3D_INLINE void span(float m, float e, int origin, int n, int& lo, int& hi) {
-    if (!(m == m)) { lo = 0; hi = -1; return; }  // NaN mean: the per-pixel test rejects every pixel
-    if (!(e < 1e30f)) { lo = 0; hi = n - 1; return; }
-    const float l = std::ceil(m - e - float(origin) - 0.5f), h = std::floor(m + e - float(origin) - 0.5f);
-    lo = l < 0.f ? 0 : (l > float(n) ? n : int(l));
-    hi = h > float(n - 1) ? n - 1 : (h < -1.f ? -1 : int(h));
-}
+// ---------------------------------------------------------------------------------------------
+// Batches. A tile's list is walked kBatch Gaussians at a time. prepare_batch first gathers their
+// parameters into arrays (independent loads: the cache misses of the random ids overlap instead of
+// stalling each Gaussian's compositing), then finds, for all of them at once (a loop over the
+// Gaussians that vectorises), the tile rows each one's alpha >= 1/255 ellipse can reach. The
+// compositing then runs over those rows only, one fixed-width row (TS pixels: one AVX-512 vector
+// for TS = 16) at a time, with no per-Gaussian branches but "row in range".
+constexpr int kBatch = 64;
 
-// Per-Gaussian constants of row_hits: the ellipse's chord at row offset dy = my - py is
-// a dx^2 + 2 b dy dx + c dy^2 <= 2 s, i.e. pixel-centre x in mx + (b dy +- sqrt(a 2s - det dy^2)) / a.
-struct Chord {
-    float as2, det, inv_a, mx;
-    bool bounded;
+struct Batch {
+    alignas(64) float mx[kBatch], my[kBatch], a[kBatch], b[kBatch], c[kBatch], o[kBatch];
+    alignas(64) float as2[kBatch], det[kBatch], inv_a[kBatch];  // the chord's constants (below)
+    alignas(64) int32_t kind[kBatch];   // 0: can never reach 1/255, 1: ellipse, 2: not positive definite
+    alignas(64) int32_t local[kBatch];  // index in the tile's list
+    alignas(64) int32_t r_lo[kBatch], r_hi[kBatch];  // rows reached; empty when r_lo > r_hi
+    int64_t g[kBatch];
 };
-static COS3D_INLINE Chord make_chord(float a, float b, float c, float s2, float mx) {
-    Chord ch;
-    ch.bounded = s2 < 1e30f;  // positive definite (compute_extents)
-    ch.as2 = a * s2;
-    ch.det = a * c - b * b;
-    ch.inv_a = 1.f / a;
-    ch.mx = mx;
-    return ch;
-}
-// Does the row reach any of the pixel centres px0 .. px0 + cols - 1 (one pixel of margin)? Float
-// rounding here is far below the slack in s (see compute_extents), so no reachable pixel is dropped.
-static COS3D_INLINE bool row_hits(const Chord& ch, float b, float dy, float px0, int cols) {
-    if (!ch.bounded) return true;
-    const float q = ch.as2 - ch.det * dy * dy;
-    if (q < 0.f) return false;
-    const float half = std::sqrt(q) * ch.inv_a, mid = ch.mx + b * dy * ch.inv_a;
-    return mid + half >= px0 - 1.f && mid - half <= px0 + float(cols);
+
+// Gaussians local0, local0 + step, ... (n of them) of the tile's list starting at `start`.
+// A row is reached when the ellipse's chord at that row, a dx^2 + 2 b dy dx + c dy^2 <= 2 s, i.e.
+// pixel-centre x in mx + (b dy +- sqrt(a 2s - det dy^2)) / a (dy = my - row centre), overlaps the
+// tile's pixel centres with one pixel of margin. Float rounding here is far below the slack in s (see
+// compute_extents), so no reachable pixel is dropped; the exact per-pixel test always decides. The
+// reached rows of a convex ellipse are contiguous. row_last (backward only) further drops the rows
+// whose pixels all stopped before this Gaussian.
+template <int TS>
+static COS3D_INLINE void prepare_batch(const Scene& S, Batch& B, int64_t start, int32_t local0,
+                                       int32_t step, int n, float px0, float py0, int rows, int cols,
+                                       const int32_t* row_last) {
+    for (int j = 0; j < n; ++j) {
+        const int32_t local = local0 + step * j;
+        const int64_t g = S.ids[start + local];
+        const float ey = S.ext[4 * g + 1], s2 = S.ext[4 * g + 2];
+        const float a = S.conics[3 * g], b = S.conics[3 * g + 1], c = S.conics[3 * g + 2];
+        B.g[j] = g;
+        B.local[j] = local;
+        B.mx[j] = S.means2d[2 * g];
+        B.my[j] = S.means2d[2 * g + 1];
+        B.a[j] = a, B.b[j] = b, B.c[j] = c;
+        B.o[j] = S.opac[g];
+        B.kind[j] = ey < 0.f ? 0 : (s2 < 1e30f ? 1 : 2);
+        B.as2[j] = a * s2;
+        B.det[j] = a * c - b * b;
+        B.inv_a[j] = 1.f / a;
+        B.r_lo[j] = TS;
+        B.r_hi[j] = -1;
+    }
+    const float left = px0 - 1.f, right = px0 + float(cols);
+    for (int r = 0; r < rows; ++r) {
+        const float py = py0 + float(r);
+        const int32_t rl = row_last ? row_last[r] : std::numeric_limits<int32_t>::max();
+        for (int j = 0; j < n; ++j) {  // vectorised over the batch
+            const float dy = B.my[j] - py;
+            const float q = B.as2[j] - B.det[j] * dy * dy;
+            const float half = std::sqrt(std::max(q, 0.f)) * B.inv_a[j];
+            const float mid = B.mx[j] + B.b[j] * dy * B.inv_a[j];
+            const bool chord = (B.kind[j] == 1) & (q >= 0.f) & (mid + half >= left) & (mid - half <= right);
+            // not positive definite: every row, unless the mean is NaN (then no pixel passes anyway)
+            const bool any_row = (B.kind[j] == 2) & (B.mx[j] == B.mx[j]) & (B.my[j] == B.my[j]);
+            const bool hit = (chord | any_row) & (B.local[j] <= rl);
+            B.r_lo[j] = (hit & (B.r_lo[j] > r)) ? r : B.r_lo[j];
+            B.r_hi[j] = hit ? r : B.r_hi[j];
+        }
+    }
 }
 
-// Composite one Gaussian over n consecutive tile pixels starting at flat index p0 (row-major, TS
-// columns); (px0, py0) is the centre of pixel 0 of the tile. Returns how many pixels stopped.
+// sigma and the unclamped alpha (opacity * exp(-sigma)) of one pixel: the forward and the backward
+// call this same function, so they agree bit for bit on which pixels a Gaussian was composited on.
+// sigma = 0.5 (a dx^2 + c dy^2) + b dx dy = dx (a/2 dx + b dy) + c/2 dy^2, with the row's terms
+// (bdy = b dy, hcy = c/2 dy^2) computed once per row.
+static COS3D_INLINE float pixel_sigma(float dx, float ha, float bdy, float hcy) {
+    return dx * (ha * dx + bdy) + hcy;
+}
+
+// Composite one Gaussian over one tile row (TS pixels; T, last, done and acc point at the row's
+// first pixel, acc has D planes NP apart). Returns how many pixels stopped.
 template <int TS>
-static COS3D_INLINE int fwd_pixels(float* __restrict T, int32_t* __restrict last,
-                                   int32_t* __restrict done, float* __restrict w, int n, int p0, float mx, float my, float px0,
-                                   float py0, float a, float b, float c, float o, float max_alpha,
-                                   int32_t local) {
+static COS3D_INLINE int fwd_row(float* __restrict T, int32_t* __restrict last, int32_t* __restrict done,
+                                float* __restrict acc, int NP, int D, const float* __restrict col,
+                                const float* __restrict pxs, float mx, float dy, float ha, float b,
+                                float hc, float o, float max_alpha, int32_t local) {
+    alignas(64) float w[TS];
+    const float bdy = b * dy, hcy = hc * dy * dy;
     int stopped = 0;
-    for (int q = 0; q < n; ++q) {
-        const int p = p0 + q;
-        const float dx = mx - (px0 + float(p % TS));  // pixel centres are exact in float
-        const float dy = my - (py0 + float(p / TS));
-        const float sigma = 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
+    #pragma omp simd
+    for (int i = 0; i < TS; ++i) {
+        const float sigma = pixel_sigma(mx - pxs[i], ha, bdy, hcy);
         const float alpha = std::min(max_alpha, o * exp_neg(-sigma));
-        const bool ok = (sigma >= 0.f) & (alpha >= kAlphaMin) & (done[q] == 0);
-        const float nt = T[q] * (1.f - alpha);
+        const bool ok = (sigma >= 0.f) & (alpha >= kAlphaMin) & (done[i] == 0);
+        const float nt = T[i] * (1.f - alpha);
         const bool stop = ok & (nt <= kTMin);
         const bool use = ok & !(nt <= kTMin);
-        w[q] = use ? alpha * T[q] : 0.f;
-        T[q] = use ? nt : T[q];
-        last[q] = use ? local : last[q];
-        done[q] = stop ? 1 : done[q];
+        w[i] = use ? alpha * T[i] : 0.f;
+        T[i] = use ? nt : T[i];
+        last[i] = use ? local : last[i];
+        done[i] = stop ? 1 : done[i];
         stopped += stop;
+    }
+    for (int k = 0; k < D; ++k) {
+        const float ck = col[k];
+        float* ak = acc + size_t(k) * NP;
+        #pragma omp simd
+        for (int i = 0; i < TS; ++i) ak[i] += w[i] * ck;
     }
     return stopped;
 }
 
 // ---------------------------------------------------------------------------------------------
 // forward: one tile. scratch: D*TS*TS floats. TS is a power of two.
-// Each Gaussian is evaluated on the tile rows [r_lo, r_hi] its alpha >= 1/255 ellipse can reach, as
-// one flat loop over those pixels (independent iterations: vectorised, no per-row branches).
 template <int TS>
 COS3D_CLONES void forward_tile(const Scene& S, int tile, float* scratch, float* out_color,
                                float* out_T, int32_t* out_last) {
@@ -185,50 +228,44 @@ COS3D_CLONES void forward_tile(const Scene& S, int tile, float* scratch, float* 
     alignas(64) float T[NP];
     alignas(64) int32_t last[NP];
     alignas(64) int32_t done[NP];
-    alignas(64) float w[NP];
+    alignas(64) float pxs[TS];  // pixel-centre x of the tile's columns (exact in float)
+    int row_active[TS];         // pixels of each row still compositing
     const int D = S.D;
     float* acc = scratch;  // [D][NP]
     const int x0 = (tile % S.tiles_x) * TS, y0 = (tile / S.tiles_x) * TS;
     const int rows = std::min(TS, S.H - y0), cols = std::min(TS, S.W - x0);
     const float px0 = float(x0) + 0.5f, py0 = float(y0) + 0.5f;
-    int active = 0;
+    #pragma omp simd
+    for (int i = 0; i < TS; ++i) pxs[i] = px0 + float(i);
     for (int p = 0; p < NP; ++p) {
         const bool in = (p / TS) < rows && (p % TS) < cols;
         T[p] = 1.f;
         last[p] = -1;
         done[p] = in ? 0 : 1;
-        active += in;
     }
+    for (int r = 0; r < TS; ++r) row_active[r] = r < rows ? cols : 0;
+    int active = rows * cols;
     std::fill(acc, acc + size_t(D) * NP, 0.f);
 
-    const int64_t start = S.offsets[tile], end = S.offsets[tile + 1];
+    const int64_t start = S.offsets[tile], count = S.offsets[tile + 1] - start;
     const float max_alpha = S.max_alpha;
-    for (int64_t idx = start; idx < end && active > 0; ++idx) {
-        const int64_t g = S.ids[idx];
-        const float ex = S.ext[4 * g], ey = S.ext[4 * g + 1], s2 = S.ext[4 * g + 2];
-        if (ey < 0.f) continue;
-        const float mx = S.means2d[2 * g], my = S.means2d[2 * g + 1];
-        int c_lo, c_hi, r_lo, r_hi;
-        span(mx, ex, x0, cols, c_lo, c_hi);
-        span(my, ey, y0, rows, r_lo, r_hi);
-        if (c_lo > c_hi || r_lo > r_hi) continue;
-        const float a = S.conics[3 * g], b = S.conics[3 * g + 1], c = S.conics[3 * g + 2];
-        const Chord chord = make_chord(a, b, c, s2, mx);
-        while (r_lo <= r_hi && !row_hits(chord, b, my - (py0 + float(r_lo)), px0, cols)) ++r_lo;
-        while (r_hi >= r_lo && !row_hits(chord, b, my - (py0 + float(r_hi)), px0, cols)) --r_hi;
-        if (r_lo > r_hi) continue;
-        const float o = S.opac[g];
-        const float* col = S.colors + g * D;
-        const int32_t local = int32_t(idx - start);
-        const int p_lo = r_lo * TS, p_hi = (r_hi + 1) * TS;
-        const int n = p_hi - p_lo;
-        float* wp = w + p_lo;
-        active -= fwd_pixels<TS>(T + p_lo, last + p_lo, done + p_lo, wp, n, p_lo, mx, my, px0, py0, a,
-                                 b, c, o, max_alpha, local);
-        for (int k = 0; k < D; ++k) {
-            const float ck = col[k];
-            float* ak = acc + size_t(k) * NP + p_lo;
-            for (int q = 0; q < n; ++q) ak[q] += wp[q] * ck;
+    Batch B;
+    for (int64_t i0 = 0; i0 < count && active > 0; i0 += kBatch) {
+        const int n = int(std::min<int64_t>(kBatch, count - i0));
+        prepare_batch<TS>(S, B, start, int32_t(i0), 1, n, px0, py0, rows, cols, nullptr);
+        for (int j = 0; j < n && active > 0; ++j) {
+            if (B.r_lo[j] > B.r_hi[j]) continue;
+            const float* col = S.colors + B.g[j] * D;
+            const float mx = B.mx[j], ha = 0.5f * B.a[j], hc = 0.5f * B.c[j];
+            for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {
+                if (row_active[r] == 0) continue;
+                const int p = r * TS;
+                const int stopped = fwd_row<TS>(T + p, last + p, done + p, acc + p, NP, D, col, pxs, mx,
+                                                B.my[j] - (py0 + float(r)), ha, B.b[j], hc, B.o[j],
+                                                max_alpha, B.local[j]);
+                row_active[r] -= stopped;
+                active -= stopped;
+            }
         }
     }
     for (int r = 0; r < rows; ++r)
@@ -243,91 +280,78 @@ COS3D_CLONES void forward_tile(const Scene& S, int tile, float* scratch, float* 
 }
 
 // ---------------------------------------------------------------------------------------------
-// backward helpers, over n consecutive tile pixels from flat index p0 (like fwd_pixels).
-// With out = sum_i c_i alpha_i T_i + T_f bg, T_i = prod_{j<i} (1 - alpha_j), alpha_out = 1 - T_f:
+// backward. With out = sum_i c_i alpha_i T_i + T_f bg, T_i = prod_{j<i} (1 - alpha_j), alpha_out = 1 - T_f:
 //   d out / d alpha_i = c_i T_i - (sum_{j>i} c_j alpha_j T_j + T_f bg) / (1 - alpha_i)
 //   d alpha_out / d alpha_i = T_f / (1 - alpha_i)
 // The sum over j > i is the "composited behind" buffer, built while walking back to front.
 
-// Per-pixel quantities of one Gaussian, walking back to front: recovers the transmittance in front
-// of it (T /= 1 - alpha) for the pixels it was composited on (valid: local <= last contributor and
-// the forward's skip tests pass). Invalid pixels get zeros (and oe = 2: no geometry gradient).
+// One Gaussian over one tile row, walking back to front: recovers the transmittance in front of it
+// (T /= 1 - alpha) on the pixels it was composited on (valid: local <= last contributor and the
+// forward's skip tests pass), adds its colour gradient to gcol [D][TS] and its geometry gradient to
+// gsum [kGradStride][TS] (per lane; summed over the lanes once per Gaussian), and its colour to the
+// "composited behind" buffer. No gradient through the max_alpha clamp (as gsplat: only where
+// opacity * exp(-sigma) <= max_alpha). vc, buf: D planes NP apart. Returns the valid pixels.
 template <int TS>
-static COS3D_INLINE int bwd_pixels(float* __restrict T, const int32_t* __restrict last,
-                                   const float* __restrict base, float* __restrict dxs,
-                                   float* __restrict dys, float* __restrict es, float* __restrict oes,
-                                   float* __restrict fac, float* __restrict ras, float* __restrict tns,
-                                   float* __restrict va, int n, int p0, float mx, float my, float px0,
-                                   float py0, float a, float b, float c, float o, float max_alpha,
-                                   int32_t local) {
+static COS3D_INLINE int bwd_row(float* __restrict T, const int32_t* __restrict last,
+                                const float* __restrict base, const float* __restrict vc,
+                                float* __restrict buf, int NP, int D, const float* __restrict col,
+                                const float* __restrict pxs, float mx, float dy, float a, float b,
+                                float c, float o, float max_alpha, int32_t local,
+                                float* __restrict gcol, float* __restrict gsum) {
+    alignas(64) float dxs[TS], es[TS], oes[TS], fac[TS], ras[TS], tns[TS], va[TS];
+    const float bdy = b * dy, hcy = 0.5f * c * dy * dy, ha = 0.5f * a;
     int any = 0;
-    for (int q = 0; q < n; ++q) {
-        const int p = p0 + q;
-        const float dx = mx - (px0 + float(p % TS));
-        const float dy = my - (py0 + float(p / TS));
-        const float sigma = 0.5f * (a * dx * dx + c * dy * dy) + b * dx * dy;
+    #pragma omp simd
+    for (int i = 0; i < TS; ++i) {
+        const float dx = mx - pxs[i];
+        const float sigma = pixel_sigma(dx, ha, bdy, hcy);
         const float e = exp_neg(-sigma);
         const float oe = o * e;
         const float alpha = std::min(max_alpha, oe);
-        const bool valid = (local <= last[q]) & (sigma >= 0.f) & (alpha >= kAlphaMin);
+        const bool valid = (local <= last[i]) & (sigma >= 0.f) & (alpha >= kAlphaMin);
         const float ra = 1.f / (1.f - alpha);
-        const float tn = T[q] * ra;  // transmittance in front of this Gaussian
-        dxs[q] = dx;
-        dys[q] = dy;
-        es[q] = valid ? e : 0.f;
-        oes[q] = valid ? oe : 2.f;  // 2 > max_alpha: treated as clamped
-        fac[q] = valid ? alpha * tn : 0.f;
-        ras[q] = valid ? ra : 0.f;
-        tns[q] = valid ? tn : 0.f;
-        va[q] = valid ? base[q] * ra : 0.f;  // d loss / d alpha, alpha-out and bg terms
-        T[q] = valid ? tn : T[q];
+        const float tn = T[i] * ra;  // transmittance in front of this Gaussian
+        dxs[i] = dx;
+        es[i] = valid ? e : 0.f;
+        oes[i] = valid ? oe : 2.f;  // 2 > max_alpha: treated as clamped (no geometry gradient)
+        fac[i] = valid ? alpha * tn : 0.f;
+        ras[i] = valid ? ra : 0.f;
+        tns[i] = valid ? tn : 0.f;
+        va[i] = valid ? base[i] * ra : 0.f;  // d loss / d alpha: alpha-out and bg terms
+        T[i] = valid ? tn : T[i];
         any += valid;
+    }
+    for (int k = 0; k < D; ++k) {  // colour k: its gradient, its d alpha term, the buffer
+        const float ck = col[k];
+        const float* vk = vc + size_t(k) * NP;
+        float* bk = buf + size_t(k) * NP;
+        float* gk = gcol + size_t(k) * TS;
+        #pragma omp simd
+        for (int i = 0; i < TS; ++i) {
+            gk[i] += fac[i] * vk[i];
+            va[i] += (ck * tns[i] - bk[i] * ras[i]) * vk[i];
+            bk[i] += ck * fac[i];
+        }
+    }
+    #pragma omp simd
+    for (int i = 0; i < TS; ++i) {
+        const bool unclamped = oes[i] <= max_alpha;
+        const float vs = unclamped ? -oes[i] * va[i] : 0.f;  // d loss / d sigma
+        const float dx = dxs[i];
+        gsum[0 * TS + i] += vs * (a * dx + b * dy);
+        gsum[1 * TS + i] += vs * (b * dx + c * dy);
+        gsum[2 * TS + i] += 0.5f * vs * dx * dx;
+        gsum[3 * TS + i] += vs * dx * dy;
+        gsum[4 * TS + i] += 0.5f * vs * dy * dy;
+        gsum[5 * TS + i] += unclamped ? es[i] * va[i] : 0.f;
     }
     return any;
 }
 
-// Channel k: adds this channel's term to d loss / d alpha (va), the Gaussian's colour to the
-// "composited behind" buffer, and returns d loss / d colour_k of the Gaussian.
-static COS3D_INLINE float bwd_channel(const float* __restrict vk, float* __restrict bk,
-                                      float* __restrict va, const float* __restrict fac,
-                                      const float* __restrict tns, const float* __restrict ras,
-                                      float ck, int n) {
-    float gk = 0.f;
-#pragma omp simd reduction(+ : gk)
-    for (int q = 0; q < n; ++q) {
-        gk += fac[q] * vk[q];
-        va[q] += (ck * tns[q] - bk[q] * ras[q]) * vk[q];
-        bk[q] += ck * fac[q];
-    }
-    return gk;
-}
-
-// Geometry gradients (mean 2, conic 3, opacity 1) summed over the pixels; no gradient through the
-// max_alpha clamp (as gsplat: only where opacity * exp(-sigma) <= max_alpha).
-static COS3D_INLINE void bwd_geometry(const float* __restrict dxs, const float* __restrict dys,
-                                      const float* __restrict es, const float* __restrict oes,
-                                      const float* __restrict va, float a, float b, float c,
-                                      float max_alpha, int n, float* out6) {
-    float smx = 0.f, smy = 0.f, sa = 0.f, sb = 0.f, sc = 0.f, so = 0.f;
-#pragma omp simd reduction(+ : smx, smy, sa, sb, sc, so)
-    for (int q = 0; q < n; ++q) {
-        const bool unclamped = oes[q] <= max_alpha;
-        const float vs = unclamped ? -oes[q] * va[q] : 0.f;  // d loss / d sigma
-        const float dx = dxs[q], dy = dys[q];
-        sa += 0.5f * vs * dx * dx;
-        sb += vs * dx * dy;
-        sc += 0.5f * vs * dy * dy;
-        smx += vs * (a * dx + b * dy);
-        smy += vs * (b * dx + c * dy);
-        so += unclamped ? es[q] * va[q] : 0.f;
-    }
-    out6[0] = smx; out6[1] = smy; out6[2] = sa; out6[3] = sb; out6[4] = sc; out6[5] = so;
-}
-
-// backward: one tile. scratch: 2*D*TS*TS floats. The tile owns slots [offsets[tile], offsets[tile+1])
-// (less slot0): its k-th Gaussian with a gradient gets slot s = offsets[tile] - slot0 + k, with
-// slots[s] = [6 + D] (d mean x, y, d conic a, b, c, d opacity, d colors) and slot_g[s] = its id.
-// Returns k, the number of slots written.
+// backward: one tile. scratch: 2*D*TS*TS + D*TS floats. The tile owns slots [offsets[tile],
+// offsets[tile+1]) (less slot0): its k-th Gaussian with a gradient gets slot s = offsets[tile] -
+// slot0 + k, with slots[s] = [6 + D] (d mean x, y, d conic a, b, c, d opacity, d colors) and
+// slot_g[s] = its id. Returns k, the number of slots written.
 template <int TS>
 COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_final, const int32_t* last_in,
                                    const float* v_color, const float* v_alpha, float* scratch,
@@ -336,13 +360,16 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
     alignas(64) float T[NP];
     alignas(64) int32_t last[NP];
     alignas(64) float base[NP];  // T_final (v_alpha_out - bg . v_color): alpha-out and bg terms
-    alignas(64) float dxs[NP], dys[NP], es[NP], oes[NP], fac[NP], ras[NP], tns[NP], va[NP];
+    alignas(64) float pxs[TS];
+    alignas(64) float gsum[kGradStride * TS];
     const int D = S.D;
     float* vc = scratch;               // [D][NP] d loss / d colour of each pixel
     float* buf = vc + size_t(D) * NP;  // [D][NP] colour composited behind the current Gaussian
+    float* gcol = buf + size_t(D) * NP;  // [D][TS] per-lane colour gradient of the current Gaussian
     const int x0 = (tile % S.tiles_x) * TS, y0 = (tile / S.tiles_x) * TS;
     const int rows = std::min(TS, S.H - y0), cols = std::min(TS, S.W - x0);
     const float px0 = float(x0) + 0.5f, py0 = float(y0) + 0.5f;
+    for (int i = 0; i < TS; ++i) pxs[i] = px0 + float(i);
     int32_t max_last = -1;
     int32_t row_last[TS];  // last contributor of each row (-1: none)
     for (int r = 0; r < TS; ++r) {
@@ -373,39 +400,38 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
     const int64_t start = S.offsets[tile];
     const float max_alpha = S.max_alpha;
     int64_t n_used = 0;
-    for (int32_t local = max_last; local >= 0; --local) {
-        const int64_t g = S.ids[start + local];
-        const float ex = S.ext[4 * g], ey = S.ext[4 * g + 1], s2 = S.ext[4 * g + 2];
-        if (ey < 0.f) continue;
-        const float mx = S.means2d[2 * g], my = S.means2d[2 * g + 1];
-        int c_lo, c_hi, r_lo, r_hi;
-        span(mx, ex, x0, cols, c_lo, c_hi);
-        span(my, ey, y0, rows, r_lo, r_hi);
-        if (c_lo > c_hi || r_lo > r_hi) continue;
-        const float a = S.conics[3 * g], b = S.conics[3 * g + 1], c = S.conics[3 * g + 2];
-        const Chord chord = make_chord(a, b, c, s2, mx);
-        while (r_lo <= r_hi && (row_last[r_lo] < local ||
-                                !row_hits(chord, b, my - (py0 + float(r_lo)), px0, cols))) ++r_lo;
-        while (r_hi >= r_lo && (row_last[r_hi] < local ||
-                                !row_hits(chord, b, my - (py0 + float(r_hi)), px0, cols))) --r_hi;
-        if (r_lo > r_hi) continue;
-        const float o = S.opac[g];
-        const float* col = S.colors + g * D;
-        const int p0 = r_lo * TS, n = (r_hi + 1 - r_lo) * TS;
-        const int any = bwd_pixels<TS>(T + p0, last + p0, base + p0, dxs, dys, es, oes, fac, ras, tns,
-                                       va, n, p0, mx, my, px0, py0, a, b, c, o, max_alpha, local);
-        if (!any) continue;
-        const int64_t slot = start - slot0 + n_used++;
-        slot_g[slot] = int32_t(g);
-        float* gg = slots + slot * (kGradStride + D);
-        for (int k = 0; k < D; ++k)
-            gg[kGradStride + k] = bwd_channel(vc + size_t(k) * NP + p0, buf + size_t(k) * NP + p0, va,
-                                               fac, tns, ras, col[k], n);
-        bwd_geometry(dxs, dys, es, oes, va, a, b, c, max_alpha, n, gg);
+    Batch B;
+    for (int32_t hi = max_last; hi >= 0; hi -= kBatch) {  // back to front
+        const int n = int(std::min<int32_t>(kBatch, hi + 1));
+        prepare_batch<TS>(S, B, start, hi, -1, n, px0, py0, rows, cols, row_last);
+        for (int j = 0; j < n; ++j) {
+            if (B.r_lo[j] > B.r_hi[j]) continue;
+            const int32_t local = B.local[j];
+            const float* col = S.colors + B.g[j] * D;
+            std::fill(gsum, gsum + kGradStride * TS, 0.f);
+            std::fill(gcol, gcol + size_t(D) * TS, 0.f);
+            int any = 0;
+            for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {
+                if (row_last[r] < local) continue;
+                const int p = r * TS;
+                any += bwd_row<TS>(T + p, last + p, base + p, vc + p, buf + p, NP, D, col, pxs, B.mx[j],
+                                   B.my[j] - (py0 + float(r)), B.a[j], B.b[j], B.c[j], B.o[j], max_alpha,
+                                   local, gcol, gsum);
+            }
+            if (!any) continue;
+            const int64_t slot = start - slot0 + n_used++;
+            slot_g[slot] = int32_t(B.g[j]);
+            float* gg = slots + slot * (kGradStride + D);
+            for (int m = 0; m < kGradStride + D; ++m) {  // the lanes, summed in a fixed order
+                const float* lanes = m < kGradStride ? gsum + m * TS : gcol + size_t(m - kGradStride) * TS;
+                float s = 0.f;
+                for (int i = 0; i < TS; ++i) s += lanes[i];
+                gg[m] = s;
+            }
+        }
     }
     return n_used;
 }
-
 // ---------------------------------------------------------------------------------------------
 Scene make_scene(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opac,
                  const at::Tensor& colors, const at::Tensor& bg, const at::Tensor& offsets,
@@ -505,7 +531,7 @@ void backward_impl(Scene& S, int64_t N, int n_tiles, int nthreads, const float* 
         while (t1 < n_tiles && S.offsets[t1 + 1] - base <= cap) ++t1;
 #pragma omp parallel num_threads(nthreads)
         {
-            std::vector<float> scratch(size_t(2 * D) * TS * TS);
+            std::vector<float> scratch(size_t(2 * D) * TS * TS + size_t(D) * TS);
 #pragma omp for schedule(dynamic, 1)
             for (int t = t0; t < t1; ++t)
                 tile_slots[t] = backward_tile<TS>(S, t, T_final, last, v_color, v_alpha, scratch.data(),
