@@ -5,7 +5,8 @@
 // this file trusts its inputs). All float tensors are float32, contiguous, on the CPU.
 //
 // Maths: the 3DGS compositing of gsplat 1.5.3 (RasterizeToPixels3DGSFwd.cu / Bwd.cu), re-written for
-// a CPU: one tile at a time per OpenMP thread, vectorised over the tile pixels a Gaussian reaches.
+// a CPU: one tile at a time per OpenMP thread, its list walked in batches of Gaussians (see Batches),
+// each Gaussian composited over the tile rows its ellipse reaches, vectorised over a row's pixels.
 //   pixel centre p = (x + 0.5, y + 0.5); d = mean2d - p
 //   sigma = 0.5 * (a dx^2 + c dy^2) + b dx dy;          skip if sigma < 0
 //   alpha = min(max_alpha, opacity * exp(-sigma));    skip if alpha < 1/255
@@ -348,7 +349,19 @@ static COS3D_INLINE int bwd_row(float* __restrict T, const int32_t* __restrict l
     return any;
 }
 
-// backward: one tile. scratch: 2*D*TS*TS + D*TS floats. The tile owns slots [offsets[tile],
+// Sums each of the m rows of TS lanes in place (the sum lands in lane 0) by halving: lanes i and i + W
+// added, W = TS/2, ..., 1. A fixed order (so the same bits on any thread), vectorised over the lanes.
+template <int W, int TS>
+static COS3D_INLINE void sum_lanes(float* __restrict L, int m) {
+    for (int k = 0; k < m; ++k) {
+        float* l = L + k * TS;
+        #pragma omp simd
+        for (int i = 0; i < W; ++i) l[i] += l[i + W];
+    }
+    if constexpr (W > 1) sum_lanes<W / 2, TS>(L, m);
+}
+
+// backward: one tile. scratch: 2*D*TS*TS + (6 + D)*TS floats. The tile owns slots [offsets[tile],
 // offsets[tile+1]) (less slot0): its k-th Gaussian with a gradient gets slot s = offsets[tile] -
 // slot0 + k, with slots[s] = [6 + D] (d mean x, y, d conic a, b, c, d opacity, d colors) and
 // slot_g[s] = its id. Returns k, the number of slots written.
@@ -361,11 +374,11 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
     alignas(64) int32_t last[NP];
     alignas(64) float base[NP];  // T_final (v_alpha_out - bg . v_color): alpha-out and bg terms
     alignas(64) float pxs[TS];
-    alignas(64) float gsum[kGradStride * TS];
     const int D = S.D;
     float* vc = scratch;               // [D][NP] d loss / d colour of each pixel
     float* buf = vc + size_t(D) * NP;  // [D][NP] colour composited behind the current Gaussian
-    float* gcol = buf + size_t(D) * NP;  // [D][TS] per-lane colour gradient of the current Gaussian
+    float* gsum = buf + size_t(D) * NP;  // [kGradStride][TS] per-lane gradient of the current Gaussian,
+    float* gcol = gsum + kGradStride * TS;  // then [D][TS] per-lane colour gradient: the slot's layout
     const int x0 = (tile % S.tiles_x) * TS, y0 = (tile / S.tiles_x) * TS;
     const int rows = std::min(TS, S.H - y0), cols = std::min(TS, S.W - x0);
     const float px0 = float(x0) + 0.5f, py0 = float(y0) + 0.5f;
@@ -408,8 +421,7 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
             if (B.r_lo[j] > B.r_hi[j]) continue;
             const int32_t local = B.local[j];
             const float* col = S.colors + B.g[j] * D;
-            std::fill(gsum, gsum + kGradStride * TS, 0.f);
-            std::fill(gcol, gcol + size_t(D) * TS, 0.f);
+            std::fill(gsum, gsum + (kGradStride + D) * TS, 0.f);
             int any = 0;
             for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {
                 if (row_last[r] < local) continue;
@@ -422,12 +434,8 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
             const int64_t slot = start - slot0 + n_used++;
             slot_g[slot] = int32_t(B.g[j]);
             float* gg = slots + slot * (kGradStride + D);
-            for (int m = 0; m < kGradStride + D; ++m) {  // the lanes, summed in a fixed order
-                const float* lanes = m < kGradStride ? gsum + m * TS : gcol + size_t(m - kGradStride) * TS;
-                float s = 0.f;
-                for (int i = 0; i < TS; ++i) s += lanes[i];
-                gg[m] = s;
-            }
+            sum_lanes<TS / 2, TS>(gsum, kGradStride + D);
+            for (int m = 0; m < kGradStride + D; ++m) gg[m] = gsum[m * TS];
         }
     }
     return n_used;
@@ -531,7 +539,7 @@ void backward_impl(Scene& S, int64_t N, int n_tiles, int nthreads, const float* 
         while (t1 < n_tiles && S.offsets[t1 + 1] - base <= cap) ++t1;
 #pragma omp parallel num_threads(nthreads)
         {
-            std::vector<float> scratch(size_t(2 * D) * TS * TS + size_t(D) * TS);
+            std::vector<float> scratch(size_t(2 * D) * TS * TS + size_t(kGradStride + D) * TS);
 #pragma omp for schedule(dynamic, 1)
             for (int t = t0; t < t1; ++t)
                 tile_slots[t] = backward_tile<TS>(S, t, T_final, last, v_color, v_alpha, scratch.data(),
