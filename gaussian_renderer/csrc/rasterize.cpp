@@ -178,27 +178,33 @@ static COS3D_INLINE void prepare_batch(const Scene& S, Batch& B, int64_t start, 
     }
 }
 
-// sigma and the unclamped alpha (opacity * exp(-sigma)) of one pixel: the forward and the backward
-// call this same function, so they agree bit for bit on which pixels a Gaussian was composited on.
-// sigma = 0.5 (a dx^2 + c dy^2) + b dx dy = dx (a/2 dx + b dy) + c/2 dy^2, with the row's terms
-// (bdy = b dy, hcy = c/2 dy^2) computed once per row.
-static COS3D_INLINE float pixel_sigma(float dx, float ha, float bdy, float hcy) {
-    return dx * (ha * dx + bdy) + hcy;
+// sigma of one pixel (d = mean - pixel centre). The forward and the backward call this same function
+// on the same per-lane values (however they group the rows), so they agree on which pixels a Gaussian
+// was composited on. (Bit for bit up to the compiler's FMA contraction, which may differ between the
+// two inlined copies: then a pixel within one rounding of the 1/255 threshold could be judged
+// differently, an alpha <= 1/255 error in one pixel's gradient, as between gsplat's separately
+// compiled kernels. -ffp-contract=off would rule it out at 15-20 % of the speed.)
+// sigma = 0.5 (a dx^2 + c dy^2) + b dx dy = dx (a/2 dx + b dy) + c/2 dy^2.
+static COS3D_INLINE float pixel_sigma(float dx, float dy, float ha, float b, float hc) {
+    return dx * (ha * dx + b * dy) + hc * dy * dy;
 }
 
-// Composite one Gaussian over one tile row (TS pixels; T, last, done and acc point at the row's
-// first pixel, acc has D planes NP apart). Returns how many pixels stopped.
-template <int TS>
-static COS3D_INLINE int fwd_row(float* __restrict T, int32_t* __restrict last, int32_t* __restrict done,
-                                float* __restrict acc, int NP, int D, const float* __restrict col,
-                                const float* __restrict pxs, float mx, float dy, float ha, float b,
-                                float hc, float o, float max_alpha, int32_t local) {
-    alignas(64) float w[TS];
-    const float bdy = b * dy, hcy = hc * dy * dy;
-    int stopped = 0;
-    #pragma omp simd
-    for (int i = 0; i < TS; ++i) {
-        const float sigma = pixel_sigma(mx - pxs[i], ha, bdy, hcy);
+// Composite one Gaussian over R consecutive tile rows (R TS pixels, contiguous in the tile's arrays:
+// T, last, done and acc point at the first row's first pixel, acc has D planes NP apart; lane i is
+// at pixel centre (pxs[i], pyr + roff[i])). Two rows at once give two independent exp chains per
+// step. Takes the pixels that stopped in each row off its count in row_active[0..R); returns their sum.
+template <int TS, int R>
+static COS3D_INLINE int fwd_rows(float* __restrict T, int32_t* __restrict last, int32_t* __restrict done,
+                                  float* __restrict acc, int NP, int D, const float* __restrict col,
+                                  const float* __restrict pxs, const float* __restrict roff, float mx,
+                                  float my, float pyr, float ha, float b, float hc, float o,
+                                  float max_alpha, int32_t local, int* __restrict row_active) {
+    constexpr int L = R * TS;
+    alignas(64) float w[L];
+    int s0 = 0, s1 = 0;
+    #pragma omp simd reduction(+ : s0, s1)
+    for (int i = 0; i < L; ++i) {
+        const float sigma = pixel_sigma(mx - pxs[i], my - (pyr + roff[i]), ha, b, hc);
         const float alpha = std::min(max_alpha, o * exp_neg(-sigma));
         const bool ok = (sigma >= 0.f) & (alpha >= kAlphaMin) & (done[i] == 0);
         const float nt = T[i] * (1.f - alpha);
@@ -208,15 +214,18 @@ static COS3D_INLINE int fwd_row(float* __restrict T, int32_t* __restrict last, i
         T[i] = use ? nt : T[i];
         last[i] = use ? local : last[i];
         done[i] = stop ? 1 : done[i];
-        stopped += stop;
+        s0 += stop & (i < TS);
+        s1 += stop & (i >= TS);
     }
     for (int k = 0; k < D; ++k) {
         const float ck = col[k];
         float* ak = acc + size_t(k) * NP;
         #pragma omp simd
-        for (int i = 0; i < TS; ++i) ak[i] += w[i] * ck;
+        for (int i = 0; i < L; ++i) ak[i] += w[i] * ck;
     }
-    return stopped;
+    row_active[0] -= s0;
+    if (R > 1) row_active[1] -= s1;
+    return s0 + s1;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -229,15 +238,15 @@ COS3D_CLONES void forward_tile(const Scene& S, int tile, float* scratch, float* 
     alignas(64) float T[NP];
     alignas(64) int32_t last[NP];
     alignas(64) int32_t done[NP];
-    alignas(64) float pxs[TS];  // pixel-centre x of the tile's columns (exact in float)
-    int row_active[TS];         // pixels of each row still compositing
+    alignas(64) float pxs[2 * TS];   // pixel-centre x of the tile's columns, twice (exact in float)
+    alignas(64) float roff[2 * TS];  // row offset of each lane of a two-row step: TS zeros, TS ones
+    int row_active[TS];              // pixels of each row still compositing
     const int D = S.D;
     float* acc = scratch;  // [D][NP]
     const int x0 = (tile % S.tiles_x) * TS, y0 = (tile / S.tiles_x) * TS;
     const int rows = std::min(TS, S.H - y0), cols = std::min(TS, S.W - x0);
     const float px0 = float(x0) + 0.5f, py0 = float(y0) + 0.5f;
-    #pragma omp simd
-    for (int i = 0; i < TS; ++i) pxs[i] = px0 + float(i);
+    for (int i = 0; i < 2 * TS; ++i) pxs[i] = px0 + float(i % TS), roff[i] = float(i / TS);
     for (int p = 0; p < NP; ++p) {
         const bool in = (p / TS) < rows && (p % TS) < cols;
         T[p] = 1.f;
@@ -257,15 +266,20 @@ COS3D_CLONES void forward_tile(const Scene& S, int tile, float* scratch, float* 
         for (int j = 0; j < n && active > 0; ++j) {
             if (B.r_lo[j] > B.r_hi[j]) continue;
             const float* col = S.colors + B.g[j] * D;
-            const float mx = B.mx[j], ha = 0.5f * B.a[j], hc = 0.5f * B.c[j];
-            for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {
-                if (row_active[r] == 0) continue;
+            const float mx = B.mx[j], my = B.my[j], ha = 0.5f * B.a[j], b = B.b[j], hc = 0.5f * B.c[j];
+            const float o = B.o[j];
+            const int32_t local = B.local[j];
+            for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {  // two rows at a time while it can
                 const int p = r * TS;
-                const int stopped = fwd_row<TS>(T + p, last + p, done + p, acc + p, NP, D, col, pxs, mx,
-                                                B.my[j] - (py0 + float(r)), ha, B.b[j], hc, B.o[j],
-                                                max_alpha, B.local[j]);
-                row_active[r] -= stopped;
-                active -= stopped;
+                const float pyr = py0 + float(r);
+                if (r < B.r_hi[j] && (row_active[r] | row_active[r + 1])) {
+                    active -= fwd_rows<TS, 2>(T + p, last + p, done + p, acc + p, NP, D, col, pxs, roff, mx,
+                                              my, pyr, ha, b, hc, o, max_alpha, local, row_active + r);
+                    ++r;
+                } else if (row_active[r]) {
+                    active -= fwd_rows<TS, 1>(T + p, last + p, done + p, acc + p, NP, D, col, pxs, roff, mx,
+                                              my, pyr, ha, b, hc, o, max_alpha, local, row_active + r);
+                }
             }
         }
     }
@@ -286,26 +300,29 @@ COS3D_CLONES void forward_tile(const Scene& S, int tile, float* scratch, float* 
 //   d alpha_out / d alpha_i = T_f / (1 - alpha_i)
 // The sum over j > i is the "composited behind" buffer, built while walking back to front.
 
-// One Gaussian over one tile row, walking back to front: recovers the transmittance in front of it
-// (T /= 1 - alpha) on the pixels it was composited on (valid: local <= last contributor and the
-// forward's skip tests pass), adds its colour gradient to gcol [D][TS] and its geometry gradient to
-// gsum [kGradStride][TS] (per lane; summed over the lanes once per Gaussian), and its colour to the
-// "composited behind" buffer. No gradient through the max_alpha clamp (as gsplat: only where
-// opacity * exp(-sigma) <= max_alpha). vc, buf: D planes NP apart. Returns the valid pixels.
-template <int TS>
-static COS3D_INLINE int bwd_row(float* __restrict T, const int32_t* __restrict last,
-                                const float* __restrict base, const float* __restrict vc,
-                                float* __restrict buf, int NP, int D, const float* __restrict col,
-                                const float* __restrict pxs, float mx, float dy, float a, float b,
-                                float c, float o, float max_alpha, int32_t local,
-                                float* __restrict gcol, float* __restrict gsum) {
-    alignas(64) float dxs[TS], es[TS], oes[TS], fac[TS], ras[TS], tns[TS], va[TS];
-    const float bdy = b * dy, hcy = 0.5f * c * dy * dy, ha = 0.5f * a;
+// One Gaussian over R consecutive tile rows (lanes as in fwd_rows), walking back to front: recovers
+// the transmittance in front of it (T /= 1 - alpha) on the pixels it was composited on (valid: local
+// <= last contributor and the forward's skip tests pass), adds its colour gradient to gcol and its
+// geometry gradient to gsum (per lane, planes of 2 TS lanes: [D] and [kGradStride]; summed over the
+// lanes once per Gaussian), and its colour to the "composited behind" buffer. No gradient through the
+// max_alpha clamp (as gsplat: only where opacity * exp(-sigma) <= max_alpha). vc, buf: D planes NP
+// apart. Returns the valid pixels.
+template <int TS, int R>
+static COS3D_INLINE int bwd_rows(float* __restrict T, const int32_t* __restrict last,
+                                 const float* __restrict base, const float* __restrict vc,
+                                 float* __restrict buf, int NP, int D, const float* __restrict col,
+                                 const float* __restrict pxs, const float* __restrict roff, float mx,
+                                 float my, float pyr, float a, float b, float c, float o,
+                                 float max_alpha, int32_t local, float* __restrict gcol,
+                                 float* __restrict gsum) {
+    constexpr int L = R * TS, G = 2 * TS;  // lanes of this call; lanes of a gradient plane
+    alignas(64) float dxs[L], dys[L], es[L], oes[L], fac[L], ras[L], tns[L], va[L];
+    const float ha = 0.5f * a, hc = 0.5f * c;
     int any = 0;
-    #pragma omp simd
-    for (int i = 0; i < TS; ++i) {
-        const float dx = mx - pxs[i];
-        const float sigma = pixel_sigma(dx, ha, bdy, hcy);
+    #pragma omp simd reduction(+ : any)
+    for (int i = 0; i < L; ++i) {
+        const float dx = mx - pxs[i], dy = my - (pyr + roff[i]);
+        const float sigma = pixel_sigma(dx, dy, ha, b, hc);
         const float e = exp_neg(-sigma);
         const float oe = o * e;
         const float alpha = std::min(max_alpha, oe);
@@ -313,6 +330,7 @@ static COS3D_INLINE int bwd_row(float* __restrict T, const int32_t* __restrict l
         const float ra = 1.f / (1.f - alpha);
         const float tn = T[i] * ra;  // transmittance in front of this Gaussian
         dxs[i] = dx;
+        dys[i] = dy;
         es[i] = valid ? e : 0.f;
         oes[i] = valid ? oe : 2.f;  // 2 > max_alpha: treated as clamped (no geometry gradient)
         fac[i] = valid ? alpha * tn : 0.f;
@@ -326,25 +344,25 @@ static COS3D_INLINE int bwd_row(float* __restrict T, const int32_t* __restrict l
         const float ck = col[k];
         const float* vk = vc + size_t(k) * NP;
         float* bk = buf + size_t(k) * NP;
-        float* gk = gcol + size_t(k) * TS;
+        float* gk = gcol + size_t(k) * G;
         #pragma omp simd
-        for (int i = 0; i < TS; ++i) {
+        for (int i = 0; i < L; ++i) {
             gk[i] += fac[i] * vk[i];
             va[i] += (ck * tns[i] - bk[i] * ras[i]) * vk[i];
             bk[i] += ck * fac[i];
         }
     }
     #pragma omp simd
-    for (int i = 0; i < TS; ++i) {
+    for (int i = 0; i < L; ++i) {
         const bool unclamped = oes[i] <= max_alpha;
         const float vs = unclamped ? -oes[i] * va[i] : 0.f;  // d loss / d sigma
-        const float dx = dxs[i];
-        gsum[0 * TS + i] += vs * (a * dx + b * dy);
-        gsum[1 * TS + i] += vs * (b * dx + c * dy);
-        gsum[2 * TS + i] += 0.5f * vs * dx * dx;
-        gsum[3 * TS + i] += vs * dx * dy;
-        gsum[4 * TS + i] += 0.5f * vs * dy * dy;
-        gsum[5 * TS + i] += unclamped ? es[i] * va[i] : 0.f;
+        const float dx = dxs[i], dy = dys[i];
+        gsum[0 * G + i] += vs * (a * dx + b * dy);
+        gsum[1 * G + i] += vs * (b * dx + c * dy);
+        gsum[2 * G + i] += 0.5f * vs * dx * dx;
+        gsum[3 * G + i] += vs * dx * dy;
+        gsum[4 * G + i] += 0.5f * vs * dy * dy;
+        gsum[5 * G + i] += unclamped ? es[i] * va[i] : 0.f;
     }
     return any;
 }
@@ -361,7 +379,7 @@ static COS3D_INLINE void sum_lanes(float* __restrict L, int m) {
     if constexpr (W > 1) sum_lanes<W / 2, TS>(L, m);
 }
 
-// backward: one tile. scratch: 2*D*TS*TS + (6 + D)*TS floats. The tile owns slots [offsets[tile],
+// backward: one tile. scratch: 2*D*TS*TS + (6 + D)*2*TS floats. The tile owns slots [offsets[tile],
 // offsets[tile+1]) (less slot0): its k-th Gaussian with a gradient gets slot s = offsets[tile] -
 // slot0 + k, with slots[s] = [6 + D] (d mean x, y, d conic a, b, c, d opacity, d colors) and
 // slot_g[s] = its id. Returns k, the number of slots written.
@@ -373,16 +391,16 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
     alignas(64) float T[NP];
     alignas(64) int32_t last[NP];
     alignas(64) float base[NP];  // T_final (v_alpha_out - bg . v_color): alpha-out and bg terms
-    alignas(64) float pxs[TS];
+    alignas(64) float pxs[2 * TS], roff[2 * TS];  // as in forward_tile
     const int D = S.D;
     float* vc = scratch;               // [D][NP] d loss / d colour of each pixel
     float* buf = vc + size_t(D) * NP;  // [D][NP] colour composited behind the current Gaussian
-    float* gsum = buf + size_t(D) * NP;  // [kGradStride][TS] per-lane gradient of the current Gaussian,
-    float* gcol = gsum + kGradStride * TS;  // then [D][TS] per-lane colour gradient: the slot's layout
+    float* gsum = buf + size_t(D) * NP;  // [kGradStride][2 TS] per-lane gradient of the current Gaussian,
+    float* gcol = gsum + kGradStride * 2 * TS;  // then [D][2 TS] per-lane colour gradient: the slot's layout
     const int x0 = (tile % S.tiles_x) * TS, y0 = (tile / S.tiles_x) * TS;
     const int rows = std::min(TS, S.H - y0), cols = std::min(TS, S.W - x0);
     const float px0 = float(x0) + 0.5f, py0 = float(y0) + 0.5f;
-    for (int i = 0; i < TS; ++i) pxs[i] = px0 + float(i);
+    for (int i = 0; i < 2 * TS; ++i) pxs[i] = px0 + float(i % TS), roff[i] = float(i / TS);
     int32_t max_last = -1;
     int32_t row_last[TS];  // last contributor of each row (-1: none)
     for (int r = 0; r < TS; ++r) {
@@ -421,21 +439,27 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
             if (B.r_lo[j] > B.r_hi[j]) continue;
             const int32_t local = B.local[j];
             const float* col = S.colors + B.g[j] * D;
-            std::fill(gsum, gsum + (kGradStride + D) * TS, 0.f);
+            std::fill(gsum, gsum + (kGradStride + D) * 2 * TS, 0.f);
+            const float mx = B.mx[j], my = B.my[j], a = B.a[j], b = B.b[j], c = B.c[j], o = B.o[j];
             int any = 0;
-            for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {
-                if (row_last[r] < local) continue;
+            for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {  // two rows at a time while it can
                 const int p = r * TS;
-                any += bwd_row<TS>(T + p, last + p, base + p, vc + p, buf + p, NP, D, col, pxs, B.mx[j],
-                                   B.my[j] - (py0 + float(r)), B.a[j], B.b[j], B.c[j], B.o[j], max_alpha,
-                                   local, gcol, gsum);
+                const float pyr = py0 + float(r);
+                if (r < B.r_hi[j] && std::max(row_last[r], row_last[r + 1]) >= local) {
+                    any += bwd_rows<TS, 2>(T + p, last + p, base + p, vc + p, buf + p, NP, D, col, pxs, roff,
+                                           mx, my, pyr, a, b, c, o, max_alpha, local, gcol, gsum);
+                    ++r;
+                } else if (row_last[r] >= local) {
+                    any += bwd_rows<TS, 1>(T + p, last + p, base + p, vc + p, buf + p, NP, D, col, pxs, roff,
+                                           mx, my, pyr, a, b, c, o, max_alpha, local, gcol, gsum);
+                }
             }
             if (!any) continue;
             const int64_t slot = start - slot0 + n_used++;
             slot_g[slot] = int32_t(B.g[j]);
             float* gg = slots + slot * (kGradStride + D);
-            sum_lanes<TS / 2, TS>(gsum, kGradStride + D);
-            for (int m = 0; m < kGradStride + D; ++m) gg[m] = gsum[m * TS];
+            sum_lanes<TS, 2 * TS>(gsum, kGradStride + D);
+            for (int m = 0; m < kGradStride + D; ++m) gg[m] = gsum[m * 2 * TS];
         }
     }
     return n_used;
@@ -539,7 +563,7 @@ void backward_impl(Scene& S, int64_t N, int n_tiles, int nthreads, const float* 
         while (t1 < n_tiles && S.offsets[t1 + 1] - base <= cap) ++t1;
 #pragma omp parallel num_threads(nthreads)
         {
-            std::vector<float> scratch(size_t(2 * D) * TS * TS + size_t(kGradStride + D) * TS);
+            std::vector<float> scratch(size_t(2 * D) * TS * TS + size_t(kGradStride + D) * 2 * TS);
 #pragma omp for schedule(dynamic, 1)
             for (int t = t0; t < t1; ++t)
                 tile_slots[t] = backward_tile<TS>(S, t, T_final, last, v_color, v_alpha, scratch.data(),
