@@ -9,9 +9,10 @@ around its centre, each anchor's 512-D CLIP row its instance's name vector + a s
 (CLIP-like image-text cosine ~0.3), centres in one blob per instance, random opacities. The kernel
 field (top-25 anchors, sigma 0.1, 10-NN smoothing) is built once in factored form; the dense twin is
 its N x 512 float32 materialisation (what the dense path holds in memory). Every query is one
-instance's name vector. Times the relevancy + rescale (1 query vs N, 4 negatives) of each form and
-the collaborative refinement (the same for both), reports the median per query, and checks that both
-forms select the same Gaussians.
+instance's name vector. Times the relevancy + rescale (1 query vs N, 4 negatives) of each form (the
+factored one with its sparse sums in C++, scene/csrc/field_sums.cpp, the default on a CPU, and in torch,
+"(torch sums)") and the collaborative refinement (the same for all), reports the median per query, and
+checks that the dense and factored forms select the same Gaussians.
 """
 from __future__ import annotations
 
@@ -51,16 +52,26 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+class TorchSums:
+    """The factored field with its sparse sums in torch (embedding_bag), for the comparison."""
+
+    def __init__(self, field):
+        self.field, self.shape, self.device = field, field.shape, field.device
+
+    def dots(self, vectors, chunk_size=0):
+        return self.field.dots(vectors, backend="torch")
+
+
 def time_queries(n: int, device, n_queries: int = 5, instances: int = 200) -> dict:
     """Median ms of relevancy + rescale (dense and factored field) and of the collaborative refinement
     over ``n_queries`` queries (after one warm-up) on a synthesised field of ``n`` Gaussians."""
     feats, field, opac, d, names, neg = make_field(n, instances, device)
     dense = DenseField(field.dense())
-    t = {"dense": [], "factored": [], "refine": []}
+    t = {"dense": [], "factored": [], "torch_sums": [], "refine": []}
     sel_n, same = [], True
     for q in range(n_queries + 1):  # the first one warms up
         scores = {}
-        for name, lang in (("dense", dense.values), ("factored", field)):
+        for name, lang in (("dense", dense.values), ("factored", field), ("torch_sums", TorchSums(field))):
             sync(device)
             t0 = time.perf_counter()
             scores[name] = rescale(relevancy(lang, names[q:q + 1], neg)[0])
@@ -76,7 +87,8 @@ def time_queries(n: int, device, n_queries: int = 5, instances: int = 200) -> di
             sel_n.append(int(sel.sum()))
         same &= torch.equal(sel, select("collaborative", scores["dense"], feats, opac, d))
     med = {k: statistics.median(v) for k, v in t.items()}
-    return {"n_gaussians": n, "dense_ms": med["dense"], "factored_ms": med["factored"], "refine_ms": med["refine"],
+    return {"n_gaussians": n, "dense_ms": med["dense"], "factored_ms": med["factored"],
+            "torch_sums_ms": med["torch_sums"], "refine_ms": med["refine"],
             "total_dense_ms": med["dense"] + med["refine"], "total_factored_ms": med["factored"] + med["refine"],
             "selected": statistics.median(sel_n), "same_selections": same}
 
@@ -90,12 +102,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     device = torch.device(a.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}; relevancy = relevancy + rescale of one query")
-    print(f"{'N':>10} {'dense ms':>9} {'factored ms':>12} {'ratio':>6} {'refine ms':>10} {'total dense':>12} "
+    print(f"{'N':>10} {'dense ms':>9} {'factored ms':>12} {'ratio':>6} {'(torch sums)':>13} {'refine ms':>10} "
+          f"{'total dense':>12} "
           f"{'total factored':>15} {'selected':>9} {'same':>5}")
     for n in a.sizes:
         r = time_queries(n, device, a.queries, a.instances)
         print(f"{n:>10} {r['dense_ms']:>9.1f} {r['factored_ms']:>12.1f} {r['dense_ms'] / r['factored_ms']:>5.1f}x "
-              f"{r['refine_ms']:>10.1f} {r['total_dense_ms']:>12.1f} {r['total_factored_ms']:>15.1f} "
+              f"{r['torch_sums_ms']:>13.1f} {r['refine_ms']:>10.1f} {r['total_dense_ms']:>12.1f} {r['total_factored_ms']:>15.1f} "
               f"{r['selected']:>9.0f} {str(r['same_selections']):>5}")
     return 0
 

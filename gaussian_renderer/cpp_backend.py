@@ -1,13 +1,11 @@
 """C++/OpenMP CPU rasterizer: same contract as ``torch_backend.rasterize_torch``, 20-50x faster.
 
-The kernel (``csrc/rasterize.cpp``) composites each 16x16 tile on one OpenMP thread, vectorised
-over the tile pixels each Gaussian can reach, and has a hand-written backward (back-to-front, as
-gsplat 1.5.3's CUDA kernel). It is built on first use with ``torch.utils.cpp_extension`` (needs
-g++ and ninja; ~10 s) into ``$COS3D_EXT_CACHE/<torch version>-<hash>`` (default root
-``~/.cache/cos3d/torch_extensions``); the hash covers the source, the flags and the python
-version, so an edited source never reuses a stale build. If the build fails, :func:`available`
-returns False and logs one warning with the reason; ``render(..., backend="auto")`` then falls
-back to the torch backend.
+The kernel (``csrc/rasterize.cpp``) composites each 16x16 tile on one OpenMP thread, each
+Gaussian over the tile rows its ellipse reaches (vectorised over the rows' pixels), and has a
+hand-written backward (back-to-front, as gsplat 1.5.3's CUDA kernel). It is built on first use
+(``extension.py``: g++ and ninja, ~10 s, cached under a hash of the source and flags). If the build
+fails, :func:`available` returns False and logs one warning with the reason;
+``render(..., backend="auto")`` then falls back to the torch backend.
 
 Data formats (CPU tensors; the kernel computes in float32 and rejects other float dtypes with a
 ValueError -- use the torch backend for float64, e.g. in gradchecks):
@@ -23,10 +21,6 @@ bit-identical for any thread count and from run to run (the backward sums in a f
 """
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -34,89 +28,26 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .extension import Extension
 from .torch_backend import MAX_ALPHA, check_raster_inputs
 
-log = logging.getLogger(__name__)
-
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "rasterize.cpp"
-# Portable flags: the hot loops carry their own AVX2 / AVX-512 clones (see rasterize.cpp), so no
-# -march=native; no -ffast-math (the kernel's comparisons must match the torch reference).
-_CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]  # torch adds its own -std=c++ flag
-_LDFLAGS = ["-fopenmp"]
 _TILE_SIZES = (8, 16, 32)
-
-_state: dict = {}  # "ok": bool, "reason": str, "ops": the torch.ops namespace once loaded
-
-
-def _build_dir() -> Path:
-    h = hashlib.sha256()
-    h.update(_SOURCE.read_bytes())
-    h.update(" ".join(_CFLAGS + _LDFLAGS).encode())
-    h.update(sys.version.encode())
-    root = os.environ.get("COS3D_EXT_CACHE") or str(Path.home() / ".cache" / "cos3d" / "torch_extensions")
-    tv = torch.__version__.replace("+", "_")
-    return Path(root) / f"{tv}-{h.hexdigest()[:16]}"
-
-
-def _summarise(msg: str) -> str:
-    """The informative line of a build log: a compiler 'error:', a missing tool, else the last line."""
-    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-    keys = ("error:", "not found", "no such file", "command not found")
-    hit = next((ln for ln in lines if any(k in ln.lower() for k in keys)), None)
-    if hit is None:
-        rest = [ln for ln in lines if not ln.startswith("ninja:")]
-        hit = (rest or lines or [""])[-1]
-    return hit[:300]
-
-
-def _load() -> None:
-    if "ok" in _state:
-        return
-    try:
-        if not hasattr(torch.ops, "cos3d_raster") or not hasattr(torch.ops.cos3d_raster, "rasterize_fwd"):
-            import warnings
-
-            # its import logs "No CUDA runtime is found, using CUDA_HOME=..." on CPU machines: not our concern
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-            from torch.utils import cpp_extension
-            build = _build_dir()
-            build.mkdir(parents=True, exist_ok=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # is_python_module=False: the library registers torch.ops.cos3d_raster.* on load.
-                # load() appends to the flag lists it is given: pass copies (the hash uses them)
-                cpp_extension.load(name=f"cos3d_raster_{build.name.split('-')[-1]}",
-                                   sources=[str(_SOURCE)], extra_cflags=list(_CFLAGS),
-                                   extra_ldflags=list(_LDFLAGS), build_directory=str(build),
-                                   is_python_module=False, verbose=False)
-        _state["ops"] = torch.ops.cos3d_raster
-        _state["ok"], _state["reason"] = True, ""
-    except Exception as e:  # no compiler, no ninja, compile error, read-only cache, ...
-        reason = f"{type(e).__name__}: {_summarise(str(e))}"
-        _state["ok"], _state["reason"] = False, reason
-        log.warning("gaussian_renderer: the C++ rasterizer could not be built (%s); "
-                    "use the torch backend", reason)
+_EXT = Extension(Path(__file__).resolve().parent / "csrc" / "rasterize.cpp", "cos3d_raster", "rasterize_fwd",
+                 what="rasterizer", fallback="use the torch backend")
 
 
 def available() -> bool:
     """True if the C++ extension builds and loads (built on the first call, then cached; never raises)."""
-    try:
-        _load()
-    except Exception as e:  # pragma: no cover - _load already catches everything
-        _state["ok"], _state["reason"] = False, repr(e)
-    return bool(_state.get("ok"))
+    return _EXT.available()
 
 
 def unavailable_reason() -> str:
     """Why :func:`available` is False ('' when it is True)."""
-    available()
-    return _state.get("reason", "")
+    return _EXT.unavailable_reason()
 
 
 def _ops():
-    if not available():
-        raise RuntimeError(f"rasterize_cpp: the C++ extension is not available ({_state['reason']})")
-    return _state["ops"]
+    return _EXT.ops()
 
 
 class _RasterizeCpp(torch.autograd.Function):

@@ -74,13 +74,8 @@ def relevancy(
     _need(chunk_size > 0, "relevancy: chunk_size must be positive")
     Q = pos.shape[0]
     if field:  # one pass through the structure for the queries and the negatives together
-        both = torch.cat([pos.float(), neg.float()]).to(lang.device)
-        inverse = getattr(lang, "inverse", None)
-        if inverse is None:
-            sims = lang.dots(both)                                                   # [N, Q + Nn]
-            return _relevancy_of(sims[:, :Q], sims[:, Q:], temperature, contrast)
-        sims = lang.row_dots(both)             # in the field's row order: only the result is reordered
-        return _relevancy_of(sims[:, :Q], sims[:, Q:], temperature, contrast)[:, inverse]
+        sims = lang.dots(torch.cat([pos.float(), neg.float()]).to(lang.device))     # [N, Q + Nn]
+        return _relevancy_of(sims[:, :Q], sims[:, Q:], temperature, contrast)
     dtype = torch.promote_types(lang.dtype, torch.float32)
     pos_t = pos.to(device=lang.device, dtype=dtype).T          # [C,Q]
     neg_t = neg.to(device=lang.device, dtype=dtype).T          # [C,Nn]

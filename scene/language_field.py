@@ -8,8 +8,8 @@ vectors t, so
 
     L_i · t = (1 / m_i) Σ_{j∈nbr(i)} Σ_k (w_jk / n_j) (c_a(j,k) · t)
 
-is evaluated anchors x texts first ([M, Q]), then the top-k weights (one ``embedding_bag``) and the
-neighbour sum (a second one): O(M·C·Q + N·(top_k + smooth_k)·Q) instead of O(N·C·Q), and the dense
+is evaluated anchors x texts first ([M, Q]), then the top-k weights (one sparse sum) and the
+neighbour sum (a second one; both in C++ on the CPU, scene/csrc/field_sums.cpp, else ``embedding_bag``): O(M·C·Q + N·(top_k + smooth_k)·Q) instead of O(N·C·Q), and the dense
 N x 512 field is never stored. ``KernelField`` holds ``anchor_clip [M, C]``, ``idx [N, k]`` (int32),
 ``weight [N, k]`` (= w / n, float32), ``nbr [N, K]`` (int32, itself included; None without
 smoothing) and ``scale [N]`` (= 1 / m). ``DenseField`` wraps an [N, C] tensor (the MLP mapping's
@@ -18,12 +18,19 @@ field, and the reference the tests compare with). Both answer ``dots`` (the rele
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+from gaussian_renderer.extension import Extension
 
 from .mapping import anchor_topk
 
 NORM_EPS = 1e-12   # F.normalize's eps, as the dense computation (scene/mapping.py)
+# the two sparse sums of row_dots in C++ (CPU; 2-3x torch's embedding_bag at 1M Gaussians, same sums)
+_SUMS = Extension(Path(__file__).resolve().parent / "csrc" / "field_sums.cpp", "cos3d_field", "weighted_sum",
+                  what="field sums", fallback="the factored field's queries use torch's embedding_bag")
 
 
 class DenseField:
@@ -66,11 +73,11 @@ class KernelField:
     ``perm`` (optional, int [N]): the rows are stored in this order of the Gaussians (row r is Gaussian
     ``perm[r]``; ``nbr`` then holds row numbers), a spatial order in which a Gaussian's neighbours are
     near it in memory, so the neighbour sum reads from cache. Every method takes and returns Gaussian
-    order; ``row_dots`` and ``inverse`` let the relevancy work in row order and reorder only its result."""
+    order but ``row_dots`` (row order; ``inverse`` maps Gaussians to rows)."""
 
     def __init__(self, anchor_clip: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor,
                  nbr: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-                 perm: torch.Tensor | None = None):
+                 perm: torch.Tensor | None = None, check: bool = True):
         N = idx.shape[0]
         if idx.shape != weight.shape or anchor_clip.dim() != 2 or (nbr is None) != (scale is None):
             raise ValueError(f"KernelField: idx {tuple(idx.shape)} / weight {tuple(weight.shape)} differ, or "
@@ -79,12 +86,19 @@ class KernelField:
             raise ValueError(f"KernelField: nbr {tuple(nbr.shape)} / scale {tuple(scale.shape)} do not fit N = {N}")
         if perm is not None and perm.shape != (N,):
             raise ValueError(f"KernelField: perm {tuple(perm.shape)} does not fit N = {N}")
+        if check:  # once here, so the sums (scene/csrc/field_sums.cpp) may trust every index
+            for name, t, size in (("idx", idx, anchor_clip.shape[0]), ("nbr", nbr, N), ("perm", perm, N)):
+                if t is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
+                    raise ValueError(f"KernelField: {name} holds indices outside [0, {size}): "
+                                     f"[{int(t.min())}, {int(t.max())}]")
         self.anchor_clip, self.idx, self.weight, self.nbr, self.scale = anchor_clip, idx, weight, nbr, scale
         self.perm = perm
         self.inverse = None   # int64 [N]: the row of each Gaussian
         if perm is not None:
-            self.inverse = torch.empty(N, dtype=torch.int64, device=perm.device)
+            self.inverse = torch.full((N,), -1, dtype=torch.int64, device=perm.device)
             self.inverse[perm.long()] = torch.arange(N, device=perm.device)
+            if check and bool((self.inverse < 0).any()):  # N in-range values, one slot left: a repeat
+                raise ValueError("KernelField: perm is not a permutation of the rows")
 
     @property
     def shape(self) -> tuple:
@@ -97,24 +111,59 @@ class KernelField:
     def to(self, device) -> "KernelField":
         move = (lambda t: None if t is None else t.to(device))
         return KernelField(*(move(t) for t in (self.anchor_clip, self.idx, self.weight, self.nbr, self.scale,
-                                               self.perm)))
+                                               self.perm)), check=False)  # checked when self was built
 
     def state(self) -> dict:
         return {"anchor_clip": self.anchor_clip, "idx": self.idx, "weight": self.weight, "nbr": self.nbr,
                 "scale": self.scale, "perm": self.perm}
 
-    def row_dots(self, vectors: torch.Tensor) -> torch.Tensor:
-        """[N, Q] = L · vectorsᵀ through the structure (float32), in row order."""
-        per_anchor = self.anchor_clip.float() @ vectors.to(self.device, torch.float32).T          # [M, Q]
-        raw = F.embedding_bag(self.idx, per_anchor, per_sample_weights=self.weight, mode="sum")  # [N, Q]
-        if self.nbr is None:
-            return raw
-        return F.embedding_bag(self.nbr, raw, mode="sum") * self.scale[:, None]
+    def row_dots(self, vectors: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        """[N, Q] = L · vectorsᵀ through the structure (float32), in row order (see ``dots``)."""
+        return self._dots(vectors, backend, gaussian_order=False)
 
-    def dots(self, vectors: torch.Tensor, chunk_size: int = 0) -> torch.Tensor:
-        """[N, Q] = L · vectorsᵀ (float32), in Gaussian order."""
-        out = self.row_dots(vectors)
-        return out if self.inverse is None else out[self.inverse]
+    def dots(self, vectors: torch.Tensor, chunk_size: int = 0, backend: str = "auto") -> torch.Tensor:
+        """[N, Q] = L · vectorsᵀ (float32), in Gaussian order. ``backend``: "torch" (two
+        ``embedding_bag``, then a reordering), "cpp" (scene/csrc/field_sums.cpp: CPU tensors, int32
+        indices; writes Gaussian order directly) or "auto" (cpp where it applies and builds, else
+        torch). Both sum each row in index order."""
+        return self._dots(vectors, backend, gaussian_order=True)
+
+    def _dots(self, vectors: torch.Tensor, backend: str, gaussian_order: bool) -> torch.Tensor:
+        if backend not in ("auto", "torch", "cpp"):
+            raise ValueError(f"KernelField: backend must be auto, torch or cpp, got {backend!r}")
+        per_anchor = self.anchor_clip.float() @ vectors.to(self.device, torch.float32).T          # [M, Q]
+        cpp_fits = (self.device.type == "cpu" and self.idx.dtype == torch.int32
+                    and (self.nbr is None or self.nbr.dtype == torch.int32))
+        if backend == "cpp" and not cpp_fits:
+            raise ValueError("KernelField: the cpp backend needs CPU tensors and int32 indices")
+        if backend == "cpp" or (backend == "auto" and cpp_fits and _SUMS.available()):
+            return self._cpp_dots(per_anchor, gaussian_order)
+        out = F.embedding_bag(self.idx, per_anchor, per_sample_weights=self.weight, mode="sum")  # [N, Q]
+        if self.nbr is not None:
+            out = F.embedding_bag(self.nbr, out, mode="sum") * self.scale[:, None]
+        if gaussian_order and self.inverse is not None:
+            out = torch.index_select(out, 0, self.inverse)     # (2x faster than out[self.inverse])
+        return out
+
+    def _cpp_dots(self, per_anchor: torch.Tensor, gaussian_order: bool) -> torch.Tensor:
+        ops, (N, Q), nt = _SUMS.ops(), (self.idx.shape[0], per_anchor.shape[1]), torch.get_num_threads()
+        width = 8 if Q <= 8 else 16 if Q <= 16 else 32         # the table widths the kernel is built for
+        idx, weight = self.idx.contiguous(), self.weight.float().contiguous()
+        rows = (self.perm.to(torch.int32).contiguous() if gaussian_order and self.perm is not None
+                else torch.empty(0, dtype=torch.int32))         # where each row's result goes
+        out = []
+        for q0 in range(0, Q, width):                           # zero-padded column blocks
+            cols = min(width, Q - q0)
+            block = F.pad(per_anchor[:, q0:q0 + cols], (0, width - cols)).contiguous()
+            res = torch.empty(N, cols)
+            if self.nbr is None:
+                ops.weighted_sum(idx, weight, block, res, rows, nt)
+            else:
+                raw = torch.empty(N, width)
+                ops.weighted_sum(idx, weight, block, raw, torch.empty(0, dtype=torch.int32), nt)
+                ops.scaled_sum(self.nbr.contiguous(), self.scale.float().contiguous(), raw, res, rows, nt)
+            out.append(res)
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
     def _rows_of(self, index) -> torch.Tensor:
         """Gaussian ids (long or bool) -> row numbers (long)."""

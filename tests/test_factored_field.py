@@ -135,3 +135,53 @@ def test_pruned_anchor_topk_is_the_brute_force_one(spread):
     chosen = (f[:, None, :] * anchors[i2]).sum(-1).sort(dim=1, descending=True).values
     assert (chosen - s1).abs().max() < 1e-5
     assert (i1.sort(dim=1).values == i2.sort(dim=1).values).all(dim=1).float().mean() > 0.999
+
+
+def loop_dots(clip, idx, weight, nbr, scale, perm, vectors):
+    """[N, Q] in Gaussian order by plain loops over the stored structure (the reference of the sums)."""
+    per_anchor = (clip.double() @ vectors.double().T).tolist()
+    n, q = idx.shape[0], vectors.shape[0]
+    raw = [[sum(float(weight[r, k]) * per_anchor[int(idx[r, k])][j] for k in range(idx.shape[1]))
+            for j in range(q)] for r in range(n)]
+    if nbr is not None:
+        raw = [[float(scale[r]) * sum(raw[int(nbr[r, k])][j] for k in range(nbr.shape[1])) for j in range(q)]
+               for r in range(n)]
+    out = torch.empty(n, q, dtype=torch.float64)
+    rows = perm.long() if perm is not None else torch.arange(n)
+    out[rows] = torch.tensor(raw, dtype=torch.float64)
+    return out
+
+
+@pytest.mark.parametrize("n_vectors", [1, 5, 9, 17, 40])   # table widths 8, 8, 16, 32, two blocks of 32
+@pytest.mark.parametrize("smooth_k, spatial", [(6, True), (6, False), (1, False)])
+def test_cpp_sums_equal_a_loop_over_the_structure(n_vectors, smooth_k, spatial):
+    from scene.language_field import _SUMS
+
+    if not _SUMS.available():
+        pytest.skip(f"C++ field sums unavailable: {_SUMS.unavailable_reason()}")
+    feat, anchors, clip, xyz, _ = random_case(n=203, m=40, c=64, seed=5)  # 203: rows not a multiple of 4
+    text = F.normalize(torch.randn(n_vectors, 64, generator=torch.Generator().manual_seed(6)), dim=-1)
+    _, field = both(feat, anchors, clip, xyz, top_k=7, smooth_k=smooth_k, spatial=spatial)
+    ref = loop_dots(field.anchor_clip, field.idx, field.weight, field.nbr, field.scale, field.perm, text)
+    assert ref.std() > 0.01
+    for backend in ("cpp", "torch"):
+        got = field.dots(text, backend=backend)
+        assert got.shape == (203, n_vectors) and got.dtype == torch.float32
+        assert (got.double() - ref).abs().max() < 1e-5, backend
+        rows = field.row_dots(text, backend=backend)           # row order: row r is Gaussian perm[r]
+        order = field.perm.long() if field.perm is not None else torch.arange(203)
+        assert (rows.double() - ref[order]).abs().max() < 1e-5, backend
+    # the same sums in the same order as embedding_bag: equal to the last rounding
+    assert (field.dots(text, backend="cpp") - field.dots(text, backend="torch")).abs().max() < 1e-6
+
+
+def test_kernel_field_rejects_indices_outside_its_tables():
+    feat, anchors, clip, xyz, _ = random_case(n=300, m=30, c=32, seed=7)
+    _, field = both(feat, anchors, clip, xyz, top_k=5, smooth_k=4)
+    st = field.state()
+    for name, bad in (("idx", st["idx"].clone().fill_(30)), ("nbr", st["nbr"].clone().fill_(-1)),
+                      ("perm", st["perm"].clone().fill_(3))):
+        with pytest.raises(ValueError, match=name):
+            KernelField(**{**st, name: bad})
+    with pytest.raises(ValueError, match="backend"):
+        field.dots(clip[:2], backend="cuda")
