@@ -9,8 +9,9 @@ vectors t, so
     L_i · t = (1 / m_i) Σ_{j∈nbr(i)} Σ_k (w_jk / n_j) (c_a(j,k) · t)
 
 is evaluated anchors x texts first ([M, Q]), then the top-k weights (one sparse sum) and the
-neighbour sum (a second one; both in C++ on the CPU, scene/csrc/field_sums.cpp, else ``embedding_bag``): O(M·C·Q + N·(top_k + smooth_k)·Q) instead of O(N·C·Q), and the dense
-N x 512 field is never stored. ``KernelField`` holds ``anchor_clip [M, C]``, ``idx [N, k]`` (int32),
+neighbour sum (a second one; both in C++ on a CPU, scene/csrc/field_sums.cpp, else two
+``embedding_bag``): O(M·C·Q + N·(top_k + smooth_k)·Q) instead of O(N·C·Q), and the dense N x 512
+field is never stored. ``KernelField`` holds ``anchor_clip [M, C]``, ``idx [N, k]`` (int32),
 ``weight [N, k]`` (= w / n, float32), ``nbr [N, K]`` (int32, itself included; None without
 smoothing) and ``scale [N]`` (= 1 / m). ``DenseField`` wraps an [N, C] tensor (the MLP mapping's
 field, and the reference the tests compare with). Both answer ``dots`` (the relevancy's input),
@@ -28,7 +29,7 @@ from gaussian_renderer.extension import Extension
 from .mapping import anchor_topk
 
 NORM_EPS = 1e-12   # F.normalize's eps, as the dense computation (scene/mapping.py)
-# the two sparse sums of row_dots in C++ (CPU; 2-3x torch's embedding_bag at 1M Gaussians, same sums)
+# KernelField's two sparse sums in C++ (CPU; ~2x torch's embedding_bag at 1M Gaussians, the same sums)
 _SUMS = Extension(Path(__file__).resolve().parent / "csrc" / "field_sums.cpp", "cos3d_field", "weighted_sum",
                   what="field sums", fallback="the factored field's queries use torch's embedding_bag")
 

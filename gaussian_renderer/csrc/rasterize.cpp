@@ -117,8 +117,8 @@ static void compute_extents(const Scene& S, int64_t N, float* ext, int nthreads)
 // parameters into arrays (independent loads: the cache misses of the random ids overlap instead of
 // stalling each Gaussian's compositing), then finds, for all of them at once (a loop over the
 // Gaussians that vectorises), the tile rows each one's alpha >= 1/255 ellipse can reach. The
-// compositing then runs over those rows only, one fixed-width row (TS pixels: one AVX-512 vector
-// for TS = 16) at a time, with no per-Gaussian branches but "row in range".
+// compositing then runs over those rows only, two fixed-width rows (2 TS pixels: two AVX-512
+// vectors for TS = 16) at a time, with no per-pixel branches.
 constexpr int kBatch = 64;
 
 struct Batch {
