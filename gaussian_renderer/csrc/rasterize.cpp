@@ -127,6 +127,8 @@ struct Batch {
     alignas(64) int32_t kind[kBatch];   // 0: can never reach 1/255, 1: ellipse, 2: not positive definite
     alignas(64) int32_t local[kBatch];  // index in the tile's list
     alignas(64) int32_t r_lo[kBatch], r_hi[kBatch];  // rows reached; empty when r_lo > r_hi
+    alignas(64) float x_lo[kBatch], x_hi[kBatch];    // the reached rows' chords span [x_lo, x_hi]
+    alignas(64) int32_t h[kBatch];  // columns reached: h < 0 all, else only [h, h + TS/2)
     int64_t g[kBatch];
 };
 
@@ -158,6 +160,8 @@ static COS3D_INLINE void prepare_batch(const Scene& S, Batch& B, int64_t start, 
         B.inv_a[j] = 1.f / a;
         B.r_lo[j] = TS;
         B.r_hi[j] = -1;
+        B.x_lo[j] = std::numeric_limits<float>::infinity();
+        B.x_hi[j] = -std::numeric_limits<float>::infinity();
     }
     const float left = px0 - 1.f, right = px0 + float(cols);
     for (int r = 0; r < rows; ++r) {
@@ -174,8 +178,15 @@ static COS3D_INLINE void prepare_batch(const Scene& S, Batch& B, int64_t start, 
             const bool hit = (chord | any_row) & (B.local[j] <= rl);
             B.r_lo[j] = (hit & (B.r_lo[j] > r)) ? r : B.r_lo[j];
             B.r_hi[j] = hit ? r : B.r_hi[j];
+            B.x_lo[j] = hit ? std::min(B.x_lo[j], any_row ? -1e30f : mid - half) : B.x_lo[j];
+            B.x_hi[j] = hit ? std::max(B.x_hi[j], any_row ? 1e30f : mid + half) : B.x_hi[j];
         }
     }
+    // one half of the columns is enough when no pixel centre of the other half lies within a pixel
+    // of the chords (the same margin as the rows')
+    const float mid_x = px0 + float(TS / 2);  // centre of column TS/2
+    for (int j = 0; j < n; ++j)
+        B.h[j] = B.x_hi[j] + 1.f < mid_x ? 0 : (B.x_lo[j] - 1.f > mid_x - 1.f ? TS / 2 : -1);
 }
 
 // sigma of one pixel (d = mean - pixel centre). The forward and the backward call this same function
@@ -189,43 +200,75 @@ static COS3D_INLINE float pixel_sigma(float dx, float dy, float ha, float b, flo
     return dx * (ha * dx + b * dy) + hc * dy * dy;
 }
 
-// Composite one Gaussian over R consecutive tile rows (R TS pixels, contiguous in the tile's arrays:
-// T, last, done and acc point at the first row's first pixel, acc has D planes NP apart; lane i is
-// at pixel centre (pxs[i], pyr + roff[i])). Two rows at once give two independent exp chains per
-// step. Takes the pixels that stopped in each row off its count in row_active[0..R); returns their sum.
-template <int TS, int R>
+// Composite one Gaussian over W pixels of R consecutive tile rows (W = TS or TS/2; T, last, done and
+// acc point at the first row's first such pixel, rows TS apart, acc has D planes NP apart; pxs: the
+// pixels' centre x, pyr: the first row's centre y). The R rows are independent exp chains the CPU
+// overlaps. Takes the pixels that stopped in each row off its count in row_active[0..R); returns
+// their sum.
+template <int TS, int R, int W>
 static COS3D_INLINE int fwd_rows(float* __restrict T, int32_t* __restrict last, int32_t* __restrict done,
                                   float* __restrict acc, int NP, int D, const float* __restrict col,
-                                  const float* __restrict pxs, const float* __restrict roff, float mx,
-                                  float my, float pyr, float ha, float b, float hc, float o,
-                                  float max_alpha, int32_t local, int* __restrict row_active) {
-    constexpr int L = R * TS;
-    alignas(64) float w[L];
-    int s0 = 0, s1 = 0;
-    #pragma omp simd reduction(+ : s0, s1)
-    for (int i = 0; i < L; ++i) {
-        const float sigma = pixel_sigma(mx - pxs[i], my - (pyr + roff[i]), ha, b, hc);
-        const float alpha = std::min(max_alpha, o * exp_neg(-sigma));
-        const bool ok = (sigma >= 0.f) & (alpha >= kAlphaMin) & (done[i] == 0);
-        const float nt = T[i] * (1.f - alpha);
-        const bool stop = ok & (nt <= kTMin);
-        const bool use = ok & !(nt <= kTMin);
-        w[i] = use ? alpha * T[i] : 0.f;
-        T[i] = use ? nt : T[i];
-        last[i] = use ? local : last[i];
-        done[i] = stop ? 1 : done[i];
-        s0 += stop & (i < TS);
-        s1 += stop & (i >= TS);
+                                  const float* __restrict pxs, float mx, float my, float pyr, float ha,
+                                  float b, float hc, float o, float max_alpha, int32_t local,
+                                  int* __restrict row_active) {
+    alignas(64) float w[R][W];
+    int total = 0;
+    for (int rr = 0; rr < R; ++rr) {
+        const float dy = my - (pyr + float(rr));
+        float* Tr = T + rr * TS;
+        int32_t* lr = last + rr * TS;
+        int32_t* dr = done + rr * TS;
+        int stopped = 0;
+        #pragma omp simd reduction(+ : stopped)
+        for (int i = 0; i < W; ++i) {
+            const float sigma = pixel_sigma(mx - pxs[i], dy, ha, b, hc);
+            const float alpha = std::min(max_alpha, o * exp_neg(-sigma));
+            const bool ok = (sigma >= 0.f) & (alpha >= kAlphaMin) & (dr[i] == 0);
+            const float nt = Tr[i] * (1.f - alpha);
+            const bool stop = ok & (nt <= kTMin);
+            const bool use = ok & !(nt <= kTMin);
+            w[rr][i] = use ? alpha * Tr[i] : 0.f;
+            Tr[i] = use ? nt : Tr[i];
+            lr[i] = use ? local : lr[i];
+            dr[i] = stop ? 1 : dr[i];
+            stopped += stop;
+        }
+        row_active[rr] -= stopped;
+        total += stopped;
     }
     for (int k = 0; k < D; ++k) {
         const float ck = col[k];
-        float* ak = acc + size_t(k) * NP;
-        #pragma omp simd
-        for (int i = 0; i < L; ++i) ak[i] += w[i] * ck;
+        for (int rr = 0; rr < R; ++rr) {
+            float* ak = acc + size_t(k) * NP + rr * TS;
+            #pragma omp simd
+            for (int i = 0; i < W; ++i) ak[i] += w[rr][i] * ck;
+        }
     }
-    row_active[0] -= s0;
-    if (R > 1) row_active[1] -= s1;
-    return s0 + s1;
+    return total;
+}
+
+// Gaussian j of the batch over its rows, two at a time while it can, W pixels of each (the arrays
+// and pxs start at the first of them). Returns the pixels that stopped.
+template <int TS, int W>
+static COS3D_INLINE int fwd_gaussian(const Batch& B, int j, float* T, int32_t* last, int32_t* done, float* acc,
+                                     int NP, int D, const float* col, const float* pxs, float py0,
+                                     float max_alpha, int* row_active) {
+    const float mx = B.mx[j], my = B.my[j], ha = 0.5f * B.a[j], b = B.b[j], hc = 0.5f * B.c[j], o = B.o[j];
+    const int32_t local = B.local[j];
+    int stopped = 0;
+    for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {
+        const int p = r * TS;
+        const float pyr = py0 + float(r);
+        if (r < B.r_hi[j] && (row_active[r] | row_active[r + 1])) {
+            stopped += fwd_rows<TS, 2, W>(T + p, last + p, done + p, acc + p, NP, D, col, pxs, mx, my, pyr,
+                                          ha, b, hc, o, max_alpha, local, row_active + r);
+            ++r;
+        } else if (row_active[r]) {
+            stopped += fwd_rows<TS, 1, W>(T + p, last + p, done + p, acc + p, NP, D, col, pxs, mx, my, pyr,
+                                          ha, b, hc, o, max_alpha, local, row_active + r);
+        }
+    }
+    return stopped;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,15 +281,14 @@ COS3D_CLONES void forward_tile(const Scene& S, int tile, float* scratch, float* 
     alignas(64) float T[NP];
     alignas(64) int32_t last[NP];
     alignas(64) int32_t done[NP];
-    alignas(64) float pxs[2 * TS];   // pixel-centre x of the tile's columns, twice (exact in float)
-    alignas(64) float roff[2 * TS];  // row offset of each lane of a two-row step: TS zeros, TS ones
-    int row_active[TS];              // pixels of each row still compositing
+    alignas(64) float pxs[TS];  // pixel-centre x of the tile's columns (exact in float)
+    int row_active[TS];         // pixels of each row still compositing
     const int D = S.D;
     float* acc = scratch;  // [D][NP]
     const int x0 = (tile % S.tiles_x) * TS, y0 = (tile / S.tiles_x) * TS;
     const int rows = std::min(TS, S.H - y0), cols = std::min(TS, S.W - x0);
     const float px0 = float(x0) + 0.5f, py0 = float(y0) + 0.5f;
-    for (int i = 0; i < 2 * TS; ++i) pxs[i] = px0 + float(i % TS), roff[i] = float(i / TS);
+    for (int i = 0; i < TS; ++i) pxs[i] = px0 + float(i);
     for (int p = 0; p < NP; ++p) {
         const bool in = (p / TS) < rows && (p % TS) < cols;
         T[p] = 1.f;
@@ -266,21 +308,11 @@ COS3D_CLONES void forward_tile(const Scene& S, int tile, float* scratch, float* 
         for (int j = 0; j < n && active > 0; ++j) {
             if (B.r_lo[j] > B.r_hi[j]) continue;
             const float* col = S.colors + B.g[j] * D;
-            const float mx = B.mx[j], my = B.my[j], ha = 0.5f * B.a[j], b = B.b[j], hc = 0.5f * B.c[j];
-            const float o = B.o[j];
-            const int32_t local = B.local[j];
-            for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {  // two rows at a time while it can
-                const int p = r * TS;
-                const float pyr = py0 + float(r);
-                if (r < B.r_hi[j] && (row_active[r] | row_active[r + 1])) {
-                    active -= fwd_rows<TS, 2>(T + p, last + p, done + p, acc + p, NP, D, col, pxs, roff, mx,
-                                              my, pyr, ha, b, hc, o, max_alpha, local, row_active + r);
-                    ++r;
-                } else if (row_active[r]) {
-                    active -= fwd_rows<TS, 1>(T + p, last + p, done + p, acc + p, NP, D, col, pxs, roff, mx,
-                                              my, pyr, ha, b, hc, o, max_alpha, local, row_active + r);
-                }
-            }
+            const int h = B.h[j];
+            if (h < 0) active -= fwd_gaussian<TS, TS>(B, j, T, last, done, acc, NP, D, col, pxs, py0,
+                                                      max_alpha, row_active);
+            else active -= fwd_gaussian<TS, TS / 2>(B, j, T + h, last + h, done + h, acc + h, NP, D, col,
+                                                    pxs + h, py0, max_alpha, row_active);
         }
     }
     for (int r = 0; r < rows; ++r)
@@ -300,69 +332,105 @@ COS3D_CLONES void forward_tile(const Scene& S, int tile, float* scratch, float* 
 //   d alpha_out / d alpha_i = T_f / (1 - alpha_i)
 // The sum over j > i is the "composited behind" buffer, built while walking back to front.
 
-// One Gaussian over R consecutive tile rows (lanes as in fwd_rows), walking back to front: recovers
-// the transmittance in front of it (T /= 1 - alpha) on the pixels it was composited on (valid: local
-// <= last contributor and the forward's skip tests pass), adds its colour gradient to gcol and its
-// geometry gradient to gsum (per lane, planes of 2 TS lanes: [D] and [kGradStride]; summed over the
-// lanes once per Gaussian), and its colour to the "composited behind" buffer. No gradient through the
-// max_alpha clamp (as gsplat: only where opacity * exp(-sigma) <= max_alpha). vc, buf: D planes NP
-// apart. Returns the valid pixels.
-template <int TS, int R>
+// One Gaussian over W pixels of R consecutive tile rows (as in fwd_rows), walking back to front:
+// recovers the transmittance in front of it (T /= 1 - alpha) on the pixels it was composited on
+// (valid: local <= last contributor and the forward's skip tests pass), adds its colour gradient to
+// gcol and its geometry gradient to gsum (per lane, in planes of 2 TS lanes, [D] and [kGradStride],
+// row rr's pixel i in lane rr TS + i; summed over the lanes once per Gaussian), and its colour to
+// the "composited behind" buffer. No gradient through the max_alpha clamp (as gsplat: only where
+// opacity * exp(-sigma) <= max_alpha). vc, buf: D planes NP apart. Returns the valid pixels.
+template <int TS, int R, int W>
 static COS3D_INLINE int bwd_rows(float* __restrict T, const int32_t* __restrict last,
                                  const float* __restrict base, const float* __restrict vc,
                                  float* __restrict buf, int NP, int D, const float* __restrict col,
-                                 const float* __restrict pxs, const float* __restrict roff, float mx,
-                                 float my, float pyr, float a, float b, float c, float o,
-                                 float max_alpha, int32_t local, float* __restrict gcol,
-                                 float* __restrict gsum) {
-    constexpr int L = R * TS, G = 2 * TS;  // lanes of this call; lanes of a gradient plane
-    alignas(64) float dxs[L], dys[L], es[L], oes[L], fac[L], ras[L], tns[L], va[L];
+                                 const float* __restrict pxs, float mx, float my, float pyr, float a,
+                                 float b, float c, float o, float max_alpha, int32_t local,
+                                 float* __restrict gcol, float* __restrict gsum) {
+    constexpr int G = 2 * TS;  // lanes of a gradient plane
+    alignas(64) float dxs[R][W], es[R][W], oes[R][W], fac[R][W], ras[R][W], tns[R][W], va[R][W];
     const float ha = 0.5f * a, hc = 0.5f * c;
     int any = 0;
-    #pragma omp simd reduction(+ : any)
-    for (int i = 0; i < L; ++i) {
-        const float dx = mx - pxs[i], dy = my - (pyr + roff[i]);
-        const float sigma = pixel_sigma(dx, dy, ha, b, hc);
-        const float e = exp_neg(-sigma);
-        const float oe = o * e;
-        const float alpha = std::min(max_alpha, oe);
-        const bool valid = (local <= last[i]) & (sigma >= 0.f) & (alpha >= kAlphaMin);
-        const float ra = 1.f / (1.f - alpha);
-        const float tn = T[i] * ra;  // transmittance in front of this Gaussian
-        dxs[i] = dx;
-        dys[i] = dy;
-        es[i] = valid ? e : 0.f;
-        oes[i] = valid ? oe : 2.f;  // 2 > max_alpha: treated as clamped (no geometry gradient)
-        fac[i] = valid ? alpha * tn : 0.f;
-        ras[i] = valid ? ra : 0.f;
-        tns[i] = valid ? tn : 0.f;
-        va[i] = valid ? base[i] * ra : 0.f;  // d loss / d alpha: alpha-out and bg terms
-        T[i] = valid ? tn : T[i];
-        any += valid;
+    for (int rr = 0; rr < R; ++rr) {
+        const float dy = my - (pyr + float(rr));
+        float* Tr = T + rr * TS;
+        const int32_t* lr = last + rr * TS;
+        const float* br = base + rr * TS;
+        #pragma omp simd reduction(+ : any)
+        for (int i = 0; i < W; ++i) {
+            const float dx = mx - pxs[i];
+            const float sigma = pixel_sigma(dx, dy, ha, b, hc);
+            const float e = exp_neg(-sigma);
+            const float oe = o * e;
+            const float alpha = std::min(max_alpha, oe);
+            const bool valid = (local <= lr[i]) & (sigma >= 0.f) & (alpha >= kAlphaMin);
+            const float ra = 1.f / (1.f - alpha);
+            const float tn = Tr[i] * ra;  // transmittance in front of this Gaussian
+            dxs[rr][i] = dx;
+            es[rr][i] = valid ? e : 0.f;
+            oes[rr][i] = valid ? oe : 2.f;  // 2 > max_alpha: treated as clamped (no geometry gradient)
+            fac[rr][i] = valid ? alpha * tn : 0.f;
+            ras[rr][i] = valid ? ra : 0.f;
+            tns[rr][i] = valid ? tn : 0.f;
+            va[rr][i] = valid ? br[i] * ra : 0.f;  // d loss / d alpha: alpha-out and bg terms
+            Tr[i] = valid ? tn : Tr[i];
+            any += valid;
+        }
     }
     for (int k = 0; k < D; ++k) {  // colour k: its gradient, its d alpha term, the buffer
         const float ck = col[k];
-        const float* vk = vc + size_t(k) * NP;
-        float* bk = buf + size_t(k) * NP;
-        float* gk = gcol + size_t(k) * G;
-        #pragma omp simd
-        for (int i = 0; i < L; ++i) {
-            gk[i] += fac[i] * vk[i];
-            va[i] += (ck * tns[i] - bk[i] * ras[i]) * vk[i];
-            bk[i] += ck * fac[i];
+        for (int rr = 0; rr < R; ++rr) {
+            const float* vk = vc + size_t(k) * NP + rr * TS;
+            float* bk = buf + size_t(k) * NP + rr * TS;
+            float* gk = gcol + size_t(k) * G + rr * TS;
+            #pragma omp simd
+            for (int i = 0; i < W; ++i) {
+                gk[i] += fac[rr][i] * vk[i];
+                va[rr][i] += (ck * tns[rr][i] - bk[i] * ras[rr][i]) * vk[i];
+                bk[i] += ck * fac[rr][i];
+            }
         }
     }
-    #pragma omp simd
-    for (int i = 0; i < L; ++i) {
-        const bool unclamped = oes[i] <= max_alpha;
-        const float vs = unclamped ? -oes[i] * va[i] : 0.f;  // d loss / d sigma
-        const float dx = dxs[i], dy = dys[i];
-        gsum[0 * G + i] += vs * (a * dx + b * dy);
-        gsum[1 * G + i] += vs * (b * dx + c * dy);
-        gsum[2 * G + i] += 0.5f * vs * dx * dx;
-        gsum[3 * G + i] += vs * dx * dy;
-        gsum[4 * G + i] += 0.5f * vs * dy * dy;
-        gsum[5 * G + i] += unclamped ? es[i] * va[i] : 0.f;
+    for (int rr = 0; rr < R; ++rr) {
+        const float dy = my - (pyr + float(rr));
+        float* gs = gsum + rr * TS;
+        #pragma omp simd
+        for (int i = 0; i < W; ++i) {
+            const bool unclamped = oes[rr][i] <= max_alpha;
+            const float vs = unclamped ? -oes[rr][i] * va[rr][i] : 0.f;  // d loss / d sigma
+            const float dx = dxs[rr][i];
+            gs[0 * G + i] += vs * (a * dx + b * dy);
+            gs[1 * G + i] += vs * (b * dx + c * dy);
+            gs[2 * G + i] += 0.5f * vs * dx * dx;
+            gs[3 * G + i] += vs * dx * dy;
+            gs[4 * G + i] += 0.5f * vs * dy * dy;
+            gs[5 * G + i] += unclamped ? es[rr][i] * va[rr][i] : 0.f;
+        }
+    }
+    return any;
+}
+
+// Gaussian j of the batch over its rows, two at a time while it can, skipping the rows whose pixels
+// all stopped before it; W pixels of each (the arrays and pxs start at the first of them; gcol and
+// gsum at their lane). Returns the valid pixels.
+template <int TS, int W>
+static COS3D_INLINE int bwd_gaussian(const Batch& B, int j, float* T, const int32_t* last, const float* base,
+                                     const float* vc, float* buf, int NP, int D, const float* col,
+                                     const float* pxs, float py0, float max_alpha, const int32_t* row_last,
+                                     float* gcol, float* gsum) {
+    const float mx = B.mx[j], my = B.my[j], a = B.a[j], b = B.b[j], c = B.c[j], o = B.o[j];
+    const int32_t local = B.local[j];
+    int any = 0;
+    for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {
+        const int p = r * TS;
+        const float pyr = py0 + float(r);
+        if (r < B.r_hi[j] && std::max(row_last[r], row_last[r + 1]) >= local) {
+            any += bwd_rows<TS, 2, W>(T + p, last + p, base + p, vc + p, buf + p, NP, D, col, pxs, mx, my, pyr,
+                                      a, b, c, o, max_alpha, local, gcol, gsum);
+            ++r;
+        } else if (row_last[r] >= local) {
+            any += bwd_rows<TS, 1, W>(T + p, last + p, base + p, vc + p, buf + p, NP, D, col, pxs, mx, my, pyr,
+                                      a, b, c, o, max_alpha, local, gcol, gsum);
+        }
     }
     return any;
 }
@@ -391,7 +459,7 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
     alignas(64) float T[NP];
     alignas(64) int32_t last[NP];
     alignas(64) float base[NP];  // T_final (v_alpha_out - bg . v_color): alpha-out and bg terms
-    alignas(64) float pxs[2 * TS], roff[2 * TS];  // as in forward_tile
+    alignas(64) float pxs[TS];  // as in forward_tile
     const int D = S.D;
     float* vc = scratch;               // [D][NP] d loss / d colour of each pixel
     float* buf = vc + size_t(D) * NP;  // [D][NP] colour composited behind the current Gaussian
@@ -400,7 +468,7 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
     const int x0 = (tile % S.tiles_x) * TS, y0 = (tile / S.tiles_x) * TS;
     const int rows = std::min(TS, S.H - y0), cols = std::min(TS, S.W - x0);
     const float px0 = float(x0) + 0.5f, py0 = float(y0) + 0.5f;
-    for (int i = 0; i < 2 * TS; ++i) pxs[i] = px0 + float(i % TS), roff[i] = float(i / TS);
+    for (int i = 0; i < TS; ++i) pxs[i] = px0 + float(i);
     int32_t max_last = -1;
     int32_t row_last[TS];  // last contributor of each row (-1: none)
     for (int r = 0; r < TS; ++r) {
@@ -437,23 +505,14 @@ COS3D_CLONES int64_t backward_tile(const Scene& S, int tile, const float* T_fina
         prepare_batch<TS>(S, B, start, hi, -1, n, px0, py0, rows, cols, row_last);
         for (int j = 0; j < n; ++j) {
             if (B.r_lo[j] > B.r_hi[j]) continue;
-            const int32_t local = B.local[j];
             const float* col = S.colors + B.g[j] * D;
             std::fill(gsum, gsum + (kGradStride + D) * 2 * TS, 0.f);
-            const float mx = B.mx[j], my = B.my[j], a = B.a[j], b = B.b[j], c = B.c[j], o = B.o[j];
-            int any = 0;
-            for (int r = B.r_lo[j]; r <= B.r_hi[j]; ++r) {  // two rows at a time while it can
-                const int p = r * TS;
-                const float pyr = py0 + float(r);
-                if (r < B.r_hi[j] && std::max(row_last[r], row_last[r + 1]) >= local) {
-                    any += bwd_rows<TS, 2>(T + p, last + p, base + p, vc + p, buf + p, NP, D, col, pxs, roff,
-                                           mx, my, pyr, a, b, c, o, max_alpha, local, gcol, gsum);
-                    ++r;
-                } else if (row_last[r] >= local) {
-                    any += bwd_rows<TS, 1>(T + p, last + p, base + p, vc + p, buf + p, NP, D, col, pxs, roff,
-                                           mx, my, pyr, a, b, c, o, max_alpha, local, gcol, gsum);
-                }
-            }
+            const int h = B.h[j];
+            const int any = h < 0
+                ? bwd_gaussian<TS, TS>(B, j, T, last, base, vc, buf, NP, D, col, pxs, py0, max_alpha, row_last,
+                                       gcol, gsum)
+                : bwd_gaussian<TS, TS / 2>(B, j, T + h, last + h, base + h, vc + h, buf + h, NP, D, col, pxs + h,
+                                           py0, max_alpha, row_last, gcol + h, gsum + h);
             if (!any) continue;
             const int64_t slot = start - slot0 + n_used++;
             slot_g[slot] = int32_t(B.g[j]);
