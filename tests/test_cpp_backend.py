@@ -91,6 +91,24 @@ def test_matches_torch_random(D, width, height, seed):
     assert all(ref.abs().max() > 1e-3 for _, _, ref in results[2:])
 
 
+def test_gaussians_across_the_tile_middle():
+    """Small Gaussians swept across the middle of a 16-wide tile, where the kernel switches between
+    half rows (8 columns) and full rows: the image and every gradient match the torch reference, and
+    the pixels with any alpha are exactly the reference's (none dropped at the switch)."""
+    W, H = 32, 16
+    for k, x in enumerate(torch.arange(2.0, 14.01, 0.25).tolist()):
+        for conic in ([0.7, 0.0, 0.7], [0.9, 0.5, 0.45], [2.0, -0.3, 0.1]):   # round, rotated, a thin streak
+            m2 = torch.tensor([[x, 7.3 + 0.1 * (k % 3)]])
+            con, op, col = torch.tensor([conic]), torch.tensor([0.95]), torch.tensor([[0.2, 0.5, 0.9]])
+            radii = torch.tensor([[6, 8]], dtype=torch.int32)
+            off, ids = isect_tiles(m2, radii, torch.ones(1), W, H, 16)
+            results = render_both((m2, con, op, col, off, ids), W, H)
+            for name, got, ref in results:
+                assert_close(f"x={x} conic={conic} {name}", got, ref)
+            got_a, ref_a = results[1][1], results[1][2]
+            assert torch.equal(got_a > 0, ref_a > 0), f"x={x} conic={conic}: reached pixels differ"
+
+
 @pytest.mark.parametrize("tile_size", [8, 32])
 def test_other_tile_sizes(tile_size):
     scene = random_2d_scene(200, 45, 38, 3, seed=5, tile_size=tile_size)
