@@ -59,7 +59,7 @@ class _RasterizeCpp(torch.autograd.Function):
         color = torch.empty(height, width, D, dtype=torch.float32)   # [H,W,D]
         T = torch.empty(height, width, dtype=torch.float32)          # [H,W] final transmittance
         last = torch.empty(height, width, dtype=torch.int32)         # [H,W] last contributor (tile-local)
-        ext = torch.empty(colors.shape[0], 4, dtype=torch.float32)   # [N,4] per-Gaussian pixel bounds
+        ext = torch.empty(colors.shape[0], 8, dtype=torch.float32)   # [N,8] packed per-Gaussian record
         ops.rasterize_fwd(means2d, conics, opacities, colors, bg, tile_offsets, flatten_ids,
                           width, height, tile_size, MAX_ALPHA, torch.get_num_threads(),
                           color, T, last, ext)

@@ -78,17 +78,19 @@ struct Scene {
     const float* bg;         // [D]
     const int64_t* offsets;  // [n_tiles+1]
     const int64_t* ids;      // [M]
-    const float* ext;        // [N,4] bounds of the alpha >= 1/255 region (compute_extents)
+    const float* ext;        // [N,kExt] packed per-Gaussian parameters (compute_extents)
     int W, H, D, tiles_x;
     float max_alpha;
 };
 
 // Conservative bounds of {p : opacity * exp(-sigma(p)) >= 1/255}, i.e. sigma <= s = log(255 opacity),
 // an ellipse 0.5 d^T Q d <= s (Q = [[a,b],[b,c]]): half extents |dx| <= sqrt(2 s Q^-1_xx), |dy| <=
-// sqrt(2 s Q^-1_yy). Stored per Gaussian: {ex, ey, 2s}; ex = ey = -1 if it can never reach 1/255,
-// +inf if Q is not positive definite (then only the exact per-pixel test decides). s gets 0.1 % +
-// 1e-3 of slack and the extents one pixel, so rounding never drops a pixel that the exact per-pixel
-// test (which always decides) would keep: these bounds only skip work.
+// sqrt(2 s Q^-1_yy). 2s = -1 if it can never reach 1/255, +inf if Q is not positive definite (then only
+// the exact per-pixel test decides). s gets 0.1 % + 1e-3 of slack (and the chords of prepare_batch
+// one pixel), so rounding never drops a pixel that the exact per-pixel test (which always decides)
+// would keep: these bounds only skip work. Stored per Gaussian with its parameters, packed in one
+// 32-byte record {2s, mx, my, a, b, c, opacity, 0} so a tile's random ids cost one cache line each.
+constexpr int kExt = 8;
 static void compute_extents(const Scene& S, int64_t N, float* ext, int nthreads) {
 #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t g = 0; g < N; ++g) {
@@ -96,19 +98,18 @@ static void compute_extents(const Scene& S, int64_t N, float* ext, int nthreads)
         const double a = S.conics[3 * g], b = S.conics[3 * g + 1], c = S.conics[3 * g + 2];
         const double det = a * c - b * b;
         const double inf = std::numeric_limits<double>::infinity();
-        double ex = inf, ey = inf, s2 = inf;
+        double s2 = inf;
         if (!(o * 1.001 >= kAlphaMin)) {  // also catches NaN opacity
-            ex = ey = s2 = -1.0;
+            s2 = -1.0;
         } else if (a > 0 && det > 0 && std::isfinite(det)) {
-            const double s = std::max(std::log(255.0 * o), 0.0) * 1.001 + 1e-3;
-            ex = std::sqrt(2.0 * s * c / det) + 1.0;
-            ey = std::sqrt(2.0 * s * a / det) + 1.0;
-            s2 = 2.0 * s;
+            s2 = 2.0 * (std::max(std::log(255.0 * o), 0.0) * 1.001 + 1e-3);
         }
-        ext[4 * g] = static_cast<float>(ex);
-        ext[4 * g + 1] = static_cast<float>(ey);
-        ext[4 * g + 2] = static_cast<float>(s2);
-        ext[4 * g + 3] = 0.f;
+        float* e = ext + kExt * g;
+        e[0] = static_cast<float>(s2);
+        e[1] = S.means2d[2 * g], e[2] = S.means2d[2 * g + 1];
+        e[3] = S.conics[3 * g], e[4] = S.conics[3 * g + 1], e[5] = S.conics[3 * g + 2];
+        e[6] = S.opac[g];
+        e[7] = 0.f;
     }
 }
 
@@ -146,15 +147,15 @@ static COS3D_INLINE void prepare_batch(const Scene& S, Batch& B, int64_t start, 
     for (int j = 0; j < n; ++j) {
         const int32_t local = local0 + step * j;
         const int64_t g = S.ids[start + local];
-        const float ey = S.ext[4 * g + 1], s2 = S.ext[4 * g + 2];
-        const float a = S.conics[3 * g], b = S.conics[3 * g + 1], c = S.conics[3 * g + 2];
+        const float* e = S.ext + kExt * g;
+        const float s2 = e[0], a = e[3], b = e[4], c = e[5];
         B.g[j] = g;
         B.local[j] = local;
-        B.mx[j] = S.means2d[2 * g];
-        B.my[j] = S.means2d[2 * g + 1];
+        B.mx[j] = e[1];
+        B.my[j] = e[2];
         B.a[j] = a, B.b[j] = b, B.c[j] = c;
-        B.o[j] = S.opac[g];
-        B.kind[j] = ey < 0.f ? 0 : (s2 < 1e30f ? 1 : 2);
+        B.o[j] = e[6];
+        B.kind[j] = s2 < 0.f ? 0 : (s2 < 1e30f ? 1 : 2);
         B.as2[j] = a * s2;
         B.det[j] = a * c - b * b;
         B.inv_a[j] = 1.f / a;
