@@ -119,7 +119,8 @@ static void compute_extents(const Scene& S, int64_t N, float* ext, int nthreads)
 // stalling each Gaussian's compositing), then finds, for all of them at once (a loop over the
 // Gaussians that vectorises), the tile rows each one's alpha >= 1/255 ellipse can reach. The
 // compositing then runs over those rows only, two fixed-width rows (2 TS pixels: two AVX-512
-// vectors for TS = 16) at a time, with no per-pixel branches.
+// vectors for TS = 16) at a time, or two half rows when every chord stays in one half of the
+// columns, with no per-pixel branches.
 constexpr int kBatch = 64;
 
 struct Batch {
