@@ -150,6 +150,7 @@ class KernelField:
         ops, (N, Q), nt = _SUMS.ops(), (self.idx.shape[0], per_anchor.shape[1]), torch.get_num_threads()
         width = 8 if Q <= 8 else 16 if Q <= 16 else 32         # the table widths the kernel is built for
         idx, weight = self.idx.contiguous(), self.weight.float().contiguous()
+        nbr, scale = (None, None) if self.nbr is None else (self.nbr.contiguous(), self.scale.float().contiguous())
         rows = (self.perm.to(torch.int32).contiguous() if gaussian_order and self.perm is not None
                 else torch.empty(0, dtype=torch.int32))         # where each row's result goes
         out = []
@@ -157,12 +158,12 @@ class KernelField:
             cols = min(width, Q - q0)
             block = F.pad(per_anchor[:, q0:q0 + cols], (0, width - cols)).contiguous()
             res = torch.empty(N, cols)
-            if self.nbr is None:
+            if nbr is None:
                 ops.weighted_sum(idx, weight, block, res, rows, nt)
             else:
                 raw = torch.empty(N, width)
                 ops.weighted_sum(idx, weight, block, raw, torch.empty(0, dtype=torch.int32), nt)
-                ops.scaled_sum(self.nbr.contiguous(), self.scale.float().contiguous(), raw, res, rows, nt)
+                ops.scaled_sum(nbr, scale, raw, res, rows, nt)
             out.append(res)
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 

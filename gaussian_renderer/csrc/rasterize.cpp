@@ -129,7 +129,6 @@ struct Batch {
     alignas(64) int32_t kind[kBatch];   // 0: can never reach 1/255, 1: ellipse, 2: not positive definite
     alignas(64) int32_t local[kBatch];  // index in the tile's list
     alignas(64) int32_t r_lo[kBatch], r_hi[kBatch];  // rows reached; empty when r_lo > r_hi
-    alignas(64) float x_lo[kBatch], x_hi[kBatch];    // the reached rows' chords span [x_lo, x_hi]
     alignas(64) int32_t h[kBatch];  // columns reached: h < 0 all, else only [h, h + TS/2)
     int64_t g[kBatch];
 };
@@ -145,6 +144,7 @@ template <int TS>
 static COS3D_INLINE void prepare_batch(const Scene& S, Batch& B, int64_t start, int32_t local0,
                                        int32_t step, int n, float px0, float py0, int rows, int cols,
                                        const int32_t* row_last) {
+    alignas(64) float x_lo[kBatch], x_hi[kBatch];  // the reached rows' chords span [x_lo, x_hi]
     for (int j = 0; j < n; ++j) {
         const int32_t local = local0 + step * j;
         const int64_t g = S.ids[start + local];
@@ -162,8 +162,8 @@ static COS3D_INLINE void prepare_batch(const Scene& S, Batch& B, int64_t start, 
         B.inv_a[j] = 1.f / a;
         B.r_lo[j] = TS;
         B.r_hi[j] = -1;
-        B.x_lo[j] = std::numeric_limits<float>::infinity();
-        B.x_hi[j] = -std::numeric_limits<float>::infinity();
+        x_lo[j] = std::numeric_limits<float>::infinity();
+        x_hi[j] = -std::numeric_limits<float>::infinity();
     }
     const float left = px0 - 1.f, right = px0 + float(cols);
     for (int r = 0; r < rows; ++r) {
@@ -180,15 +180,15 @@ static COS3D_INLINE void prepare_batch(const Scene& S, Batch& B, int64_t start, 
             const bool hit = (chord | any_row) & (B.local[j] <= rl);
             B.r_lo[j] = (hit & (B.r_lo[j] > r)) ? r : B.r_lo[j];
             B.r_hi[j] = hit ? r : B.r_hi[j];
-            B.x_lo[j] = hit ? std::min(B.x_lo[j], any_row ? -1e30f : mid - half) : B.x_lo[j];
-            B.x_hi[j] = hit ? std::max(B.x_hi[j], any_row ? 1e30f : mid + half) : B.x_hi[j];
+            x_lo[j] = hit ? std::min(x_lo[j], any_row ? -1e30f : mid - half) : x_lo[j];
+            x_hi[j] = hit ? std::max(x_hi[j], any_row ? 1e30f : mid + half) : x_hi[j];
         }
     }
     // one half of the columns is enough when no pixel centre of the other half lies within a pixel
     // of the chords (the same margin as the rows')
     const float mid_x = px0 + float(TS / 2);  // centre of column TS/2
     for (int j = 0; j < n; ++j)
-        B.h[j] = B.x_hi[j] + 1.f < mid_x ? 0 : (B.x_lo[j] - 1.f > mid_x - 1.f ? TS / 2 : -1);
+        B.h[j] = x_hi[j] + 1.f < mid_x ? 0 : (x_lo[j] - 1.f > mid_x - 1.f ? TS / 2 : -1);
 }
 
 // sigma of one pixel (d = mean - pixel centre). The forward and the backward call this same function

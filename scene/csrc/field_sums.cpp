@@ -1,10 +1,10 @@
-// The factored kernel field's two sparse sums (scene/language_field.py, KernelField.row_dots), the
+// The factored kernel field's two sparse sums (scene/language_field.py, KernelField._cpp_dots), the
 // hot part of a text query at a million Gaussians:
 //   weighted_sum: out[o(n), :] = sum_k w[n, k] table[idx[n, k], :]         (the anchors' kernel weights)
 //   scaled_sum:   out[o(n), :] = scale[n] sum_k table[idx[n, k], :]        (the neighbour average)
 // with Q (the table's columns) 8, 16 or 32, out's first columns only, and o(n) = out_rows[n] (the
-// field's rows -> Gaussian order, sparing a reordering pass) or n when out_rows is empty. Registered as torch custom ops `cos3d_field::*`, loaded
-// by gaussian_renderer/extension.py. This file trusts its inputs: scene/language_field.py passes
+// field's rows -> Gaussian order, sparing a reordering pass) or n when out_rows is empty.
+// Registered as torch custom ops `cos3d_field::*`, loaded by gaussian_renderer/extension.py. This file trusts its inputs: scene/language_field.py passes
 // float32 / int32 contiguous CPU tensors, and KernelField checks once, when it is built, that every
 // index lies inside its table (a check here, per gathered row, costs half the speed).
 //
